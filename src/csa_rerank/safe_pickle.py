@@ -1,0 +1,85 @@
+"""Loading downloaded pickles without ever running code from them.
+
+Ground-truth files (``gnd_*.pkl``) and the rSfM120k database files are pickles fetched from the internet.  A pickle
+can name any importable callable and have it called while loading, so :func:`load` uses an unpickler that admits
+only plain containers, numbers, strings and numpy arrays; anything else is refused before it is looked up.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+# (module, name) pairs a numpy array or scalar needs to be rebuilt; nothing here can execute arbitrary code.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "float32"),
+    ("numpy", "float64"),
+    ("numpy", "int64"),
+    ("numpy", "int32"),
+    ("numpy", "uint8"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("_codecs", "encode"),  # numpy arrays pickled under Python 2 / protocol 2 carry their bytes this way
+    ("collections", "OrderedDict"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """Raised when a pickle asks for an object outside the allow-list."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"{self._source}: refusing to load '{module}.{name}' from a pickle; only plain containers, numbers, "
+            "strings and numpy arrays are allowed. The file is corrupt or not what it claims to be: delete it "
+            "and download it again."
+        )
+
+
+def loads(data: bytes, source: str = "<bytes>") -> Any:
+    """Unpickle ``data`` with the allow-list; ``source`` names the origin in error messages."""
+    return _RestrictedUnpickler(io.BytesIO(data), source).load()
+
+
+def load(path: str | Path) -> Any:
+    """Unpickle the file at ``path`` with the allow-list.  Errors name the file and say what to do."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    try:
+        return loads(data, source=str(path))
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # truncated or garbled pickles raise many different types
+        raise pickle.UnpicklingError(
+            f"{path}: not a readable pickle ({type(err).__name__}: {err}); the file is probably truncated or "
+            "corrupt: delete it and download or generate it again."
+        ) from err
+
+
+def dump(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` with pickle protocol 4 (the protocol the authors' code writes) via a temporary file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump(obj, handle, protocol=4)
+    tmp.replace(path)

@@ -1,0 +1,47 @@
+"""Post-hoc learned whitening ("Lw", Radenović et al. TPAMI 2018), as cirtorch's ``whitenlearn``/``whitenapply``.
+
+Learning, from descriptors X [N, D] and matching pairs (q_i, p_i):
+    m  = mean of the query-side descriptors X[q]
+    S  = covariance of the pair differences X[q] - X[p]
+    P1 = inverse of the Cholesky factor of S (1e-10, 1e-9, ... added to the diagonal until S is positive definite)
+    E  = eigenvectors of the scatter of P1 (X - m)^T over all N descriptors, by decreasing eigenvalue
+    P  = E^T P1
+Applying: x <- P[:dims] (x - m), then L2-normalised (cirtorch adds 1e-6 to the norm).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _cholesky_with_jitter(S: np.ndarray) -> np.ndarray:
+    alpha = 0.0
+    while True:
+        try:
+            return np.linalg.cholesky(S + alpha * np.eye(S.shape[0]))
+        except np.linalg.LinAlgError:
+            alpha = 1e-10 if alpha == 0 else alpha * 10
+
+
+def learn_whitening(X: np.ndarray, qidxs, pidxs) -> tuple[np.ndarray, np.ndarray]:
+    """Learn (m [D], P [D, D]) from descriptors X [N, D] and index pairs; computed in float64."""
+    X = np.asarray(X, dtype=np.float64)
+    qidxs, pidxs = np.asarray(qidxs), np.asarray(pidxs)
+    if len(qidxs) == 0 or len(qidxs) != len(pidxs):
+        raise ValueError(f"whitening needs matching, non-empty pair lists (got {len(qidxs)} and {len(pidxs)})")
+    m = X[qidxs].mean(axis=0)
+    diff = X[qidxs] - X[pidxs]
+    S = diff.T @ diff / len(diff)
+    P1 = np.linalg.inv(_cholesky_with_jitter(S))
+    Y = (X - m) @ P1.T
+    eigval, eigvec = np.linalg.eigh(Y.T @ Y)
+    order = np.argsort(eigval)[::-1]
+    return m, eigvec[:, order].T @ P1
+
+
+def apply_whitening(X: np.ndarray, m: np.ndarray, P: np.ndarray, dims: int | None = None) -> np.ndarray:
+    """Whitened, L2-normalised descriptors [N, dims or D] as float32."""
+    P = P if dims is None else P[:dims]
+    Y = (np.asarray(X, dtype=np.float64) - m) @ P.T
+    Y /= np.linalg.norm(Y, axis=1, keepdims=True) + 1e-6
+    return Y.astype(np.float32)
