@@ -15,7 +15,6 @@ checkpoint or, in the demo, from torchvision's default random initialisation und
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -112,3 +111,34 @@ def build_network(arch: str, pooling: str = "gem", gem_p: float = 3.0, seed: int
         body, dim = build_body(arch)
     pool = {"gem": lambda: GeM(gem_p), "mac": MAC, "spoc": SPoC}[pooling]()
     return RetrievalNet(body, pool, dim)
+
+
+def load_cirtorch_network(path, arch: str, pooling: str = "gem", whitening: bool = False) -> tuple[RetrievalNet, dict]:
+    """A network from a cirtorch checkpoint ``{'meta': ..., 'state_dict': ...}`` and its meta.
+
+    The checkpoint is loaded with ``torch.load(weights_only=True)``: no code from the file can run.  Its keys
+    (``features.*``, ``pool.p``, ``whiten.*``) are exactly this module's, so loading is strict.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"{path}: cannot load as a cirtorch checkpoint with weights_only=True ({err}); the file is corrupt, "
+            "truncated or not a checkpoint: delete it and download it again."
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RuntimeError(f"{path}: not a cirtorch checkpoint (no 'state_dict')")
+    meta = checkpoint.get("meta", {})
+    for key, expected in (("architecture", arch), ("pooling", pooling)):
+        if key in meta and meta[key] != expected:
+            raise ValueError(f"{path}: checkpoint is {key}={meta[key]!r} but the config says {expected!r}")
+    net = build_network(arch, pooling)
+    if whitening:
+        net.whiten = nn.Linear(net.dim, net.dim, bias=True)
+    missing, unexpected = net.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint does not match {arch}/{pooling}/whitening={whitening}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return net, meta

@@ -1,0 +1,32 @@
+# CSA re-ranking (NeurIPS 2021): from images to every table of the paper.
+#
+#   snakemake --cores all results/table5.csv                           paper configuration (config.yaml)
+#   snakemake --cores all --configfile configs/demo.yaml all            built-in demo -> results/demo/
+#
+# Paths are pathvars (<data>, <results>, <logs>, <benchmarks>) set in the config, so the demo and the paper
+# runs never share a file.
+from snakemake.utils import min_version
+
+min_version("9.12")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/knn.smk"
+include: "workflow/rules/affinity.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/rerank.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

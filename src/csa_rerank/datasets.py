@@ -1,0 +1,66 @@
+"""The on-disk datasets in their real layouts (cirtorch / revisitop), read without trusting their pickles.
+
+- test sets (``roxford5k``, ``rparis6k``): ``<root>/jpg/<name>.jpg`` and ``<root>/gnd_<dataset>.pkl`` with
+  ``imlist``, ``qimlist`` and ``gnd`` (one dict per query: ``bbx``, ``easy``, ``hard``, ``junk``);
+- distractors (revisitop1m): ``<root>/revisitop1m.txt`` listing paths relative to ``<root>/jpg``;
+- training set (retrieval-SfM-120k): ``<root>/retrieval-SfM-120k.pkl`` with ``train``/``val`` splits holding
+  ``cids`` and ``cluster`` (and ``qidxs``/``pidxs`` pairs); images at
+  ``<root>/ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import safe_pickle
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file does not have the expected layout."""
+
+
+def load_ground_truth(path: str | Path) -> dict:
+    """A revisitop ``gnd_*.pkl``, checked for the keys every later stage relies on."""
+    cfg = safe_pickle.load(path)
+    missing = [k for k in ("imlist", "qimlist", "gnd") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise DatasetFormatError(f"{path}: ground-truth file lacks {', '.join(missing)}; is it a revisitop gnd pkl?")
+    if len(cfg["gnd"]) != len(cfg["qimlist"]):
+        raise DatasetFormatError(f"{path}: {len(cfg['qimlist'])} queries but {len(cfg['gnd'])} gnd entries")
+    return cfg
+
+
+def test_image_paths(root: str | Path, gnd: dict) -> tuple[list[Path], list[Path], list[list[float]]]:
+    """(db image paths, query image paths, query boxes) of a test set rooted at ``root``."""
+    jpg = Path(root) / "jpg"
+    db = [jpg / f"{name}.jpg" for name in gnd["imlist"]]
+    queries = [jpg / f"{name}.jpg" for name in gnd["qimlist"]]
+    return db, queries, [list(map(float, entry["bbx"])) for entry in gnd["gnd"]]
+
+
+def distractor_image_paths(list_file: str | Path) -> list[Path]:
+    """Image paths of the distractor set, in the order of its list file."""
+    list_file = Path(list_file)
+    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetFormatError(f"{list_file}: the distractor list is empty")
+    return [list_file.parent / "jpg" / name for name in names]
+
+
+def cid_path(ims_dir: str | Path, cid: str) -> Path:
+    """cirtorch's location of a retrieval-SfM-120k image."""
+    return Path(ims_dir) / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
+
+
+def load_training_db(path: str | Path) -> dict:
+    """A ``retrieval-SfM-120k.pkl``, checked for the keys the training needs."""
+    db = safe_pickle.load(path)
+    for split in ("train", "val"):
+        if not isinstance(db, dict) or split not in db:
+            raise DatasetFormatError(f"{path}: training database lacks the '{split}' split")
+        for key in ("cids", "cluster"):
+            if key not in db[split]:
+                raise DatasetFormatError(f"{path}: split '{split}' lacks '{key}'")
+        if len(db[split]["cids"]) != len(db[split]["cluster"]):
+            raise DatasetFormatError(f"{path}: split '{split}' has unequal 'cids' and 'cluster' lengths")
+    return db

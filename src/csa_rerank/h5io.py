@@ -1,0 +1,57 @@
+"""The HDF5 contract between stages.
+
+Descriptors: one file per (dataset, network); datasets ``db`` [N, D] and ``query`` [Q, D] for test sets,
+``db`` for distractors, ``train``/``val`` for the training set; float32, L2-normalised, rows in ``imlist`` /
+``qimlist`` / ``cids`` order; attributes name the network, image size and scales.
+Rankings (``knn``): ``ranks`` [Q, N] int32 (the whole database, best first) and ``scores`` [Q, k] of the top k.
+Training neighbours: ``neighbours`` [N, k] int64, the image itself at position 0.
+Affinities: ``affinity`` [Q, K+1, L] float32 chunked one query per chunk, ``candidates`` [Q, K].
+Re-rankings: ``topk`` [Q, K] int64, the re-ordered top-K block (db indices).
+Every file is written to a temporary name and renamed when complete, so an interrupted job leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+@contextmanager
+def atomic_h5(path: str | Path):
+    """Open ``path`` for writing through a temporary file that replaces it only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            yield handle
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None, chunks=None) -> None:
+    """Write named arrays and scalar/JSON-able attributes to ``path`` atomically."""
+    chunks = chunks or {}
+    with atomic_h5(path) as handle:
+        for name, array in arrays.items():
+            handle.create_dataset(name, data=array, chunks=chunks.get(name))
+        for key, value in (attrs or {}).items():
+            handle.attrs[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray:
+    """One dataset of an HDF5 file, with an error naming the file and the dataset when it is absent."""
+    with h5py.File(path, "r") as handle:
+        if name not in handle:
+            raise KeyError(f"{path}: no dataset '{name}' (has: {', '.join(handle.keys())})")
+        return handle[name][()]
+
+
+def read_attrs(path: str | Path) -> dict:
+    with h5py.File(path, "r") as handle:
+        return dict(handle.attrs)

@@ -1,0 +1,159 @@
+"""Re-ranking of the top-K block of first-round rankings (paper Sec. 3.3), and its training-free baseline.
+
+Arrays in, arrays out: scorers map affinity sequences [Q, K+1, L] (row 0 = the query, see
+:func:`csa_rerank.affinity.test_affinity`) to scores [Q, K]; :func:`rerank_topk` reorders the first K columns
+of a ranking [Q, N] by those scores and leaves the rest in first-round order, as in the authors' ``test.py``
+(no fusion with the first-round similarity, no query expansion).  Rankings here are query-major [Q, N], the
+transpose of cirtorch's [N, Q].
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from csa_rerank.model import CSAReranker
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of a precision name on a device; None = plain fp32.
+
+    "auto" is fp16 on CUDA (as the authors ran) and bf16 on CPU, where fp16 matmuls are slow or unsupported.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return AUTOCAST_DTYPES[precision]
+
+
+def csa_scores(
+    model: CSAReranker,
+    affinity: torch.Tensor | np.ndarray,
+    batch_size: int = 8,
+    precision: str = "auto",
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """CSA re-ranking scores cos(z_0, z_j) (Eq. 10) of the K candidates of each query.
+
+    Runs in eval mode (no dropout) without gradients, ``batch_size`` queries at a time; the model's train/eval
+    mode is restored afterwards.
+
+    Args:
+        model: a :class:`CSAReranker` (moved to ``device`` if one is given, else used where it is).
+        affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
+        precision: "auto" (fp16 autocast on CUDA, bf16 on CPU), "bf16", "fp16" or "fp32".
+    Returns:
+        [Q, K] float32 scores.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    autocast_dtype = _autocast_dtype(precision, device)
+    affinity = torch.as_tensor(affinity, dtype=torch.float32)
+    Q, T, _ = affinity.shape
+    scores = np.empty((Q, T - 1), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, Q, batch_size):
+                chunk = affinity[start : start + batch_size].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    chunk_scores = model.scores(chunk)  # [b, K] float32
+                scores[start : start + batch_size] = chunk_scores.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def affinity_feature_scores(affinity: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The training-free "Affinity Feature" baseline (Table 5): cosine between the raw affinity vectors of the
+    query (row 0) and of each candidate.
+
+    Args:
+        affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
+    Returns:
+        [Q, K] float32 scores.
+    """
+    affinity = F.normalize(torch.as_tensor(affinity, dtype=torch.float32), dim=-1)
+    return (affinity[:, 1:] * affinity[:, :1]).sum(dim=-1).numpy()
+
+
+def rerank_topk(ranks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Reorder the first K entries of each ranking by descending score; entries K.. keep their order.
+
+    Ties keep their first-round order (stable sort).  When the requested K exceeds the ranking length N, the
+    scorer saw only N candidates and ``scores`` has N columns.
+
+    Args:
+        ranks: [Q, N] int first-round rankings (db indices, best first).
+        scores: [Q, K] scores of ``ranks[:, :K]``, K <= N.
+    Returns:
+        [Q, N] new rankings (a new array).
+    """
+    ranks, scores = np.asarray(ranks), np.asarray(scores)
+    Q, K = scores.shape
+    if ranks.ndim != 2 or ranks.shape[0] != Q or K > ranks.shape[1]:
+        raise ValueError(f"scores {scores.shape} do not fit rankings {ranks.shape} (need [Q, K <= N])")
+    order = np.argsort(-scores, axis=1, kind="stable")  # negating keeps the stable sort's tie order
+    reranked = ranks.copy()
+    reranked[:, :K] = np.take_along_axis(ranks[:, :K], order, axis=1)
+    return reranked
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure_latency(
+    model: CSAReranker,
+    K: int,
+    L: int,
+    device: torch.device | str,
+    precision: str = "auto",
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Per-query latency of the re-ranker (Table 1 / 6): one random affinity [1, K+1, L] at a time, from the
+    host tensor to the scores back on the host, after ``warmup`` untimed runs.
+
+    Returns:
+        ``median_ms`` and ``p90_ms`` over ``repeats`` runs, and ``peak_mem_mb`` over the warm-up and timed
+        runs: on CUDA the peak of allocated device memory (model weights included); on CPU the growth of the
+        process's peak RSS, an underestimate (0 at worst) when an earlier phase of the process used more
+        memory, because that high-water mark cannot be reset.
+    """
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    affinity = torch.rand(1, K + 1, L, generator=generator) * 2 - 1  # cosines in [-1, 1]
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _peak_rss_mb()
+    for _ in range(warmup):
+        csa_scores(model, affinity, batch_size=1, precision=precision, device=device)
+    times_ms = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        csa_scores(model, affinity, batch_size=1, precision=precision, device=device)  # ends with a host copy
+        times_ms.append((time.perf_counter() - started) * 1000)
+    if device.type == "cuda":
+        peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mem_mb = _peak_rss_mb() - rss_before
+    return {
+        "median_ms": float(np.median(times_ms)),
+        "p90_ms": float(np.percentile(times_ms, 90)),
+        "peak_mem_mb": float(peak_mem_mb),
+    }

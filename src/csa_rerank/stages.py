@@ -1,0 +1,320 @@
+"""One function per pipeline stage: plain paths and parameters in, files out.
+
+The Snakemake scripts in ``workflow/scripts`` only unpack ``snakemake.input/output/params`` and call these, so
+every stage can be run and tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, h5io
+
+log = logging.getLogger("csa_rerank")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# extraction
+def build_configured_network(spec: dict, checkpoint: str | None = None):
+    """The network a config entry describes: a cirtorch checkpoint, or random weights from ``seed``."""
+    from .networks import build_network, load_cirtorch_network
+
+    if checkpoint:
+        net, meta = load_cirtorch_network(
+            checkpoint, spec["arch"], spec.get("pooling", "gem"), spec.get("whitening", False)
+        )
+        return net, meta.get("mean", None), meta.get("std", None)
+    net = build_network(spec["arch"], spec.get("pooling", "gem"), spec.get("gem_p", 3.0), seed=spec["seed"])
+    return net, None, None
+
+
+def extract(
+    kind: str,
+    listing: str,
+    images: str,
+    network_name: str,
+    network_spec: dict,
+    settings: dict,
+    out_path: str,
+    checkpoint: str | None = None,
+    use_gpu: bool = True,
+) -> None:
+    """Descriptors of one dataset with one network (HDF5 contract in :mod:`csa_rerank.h5io`)."""
+    from .extract import IMAGENET_MEAN, IMAGENET_STD, extract_descriptors, multiscale_power, pick_device
+
+    net, mean, std = build_configured_network(network_spec, checkpoint)
+    msp = multiscale_power(net) if settings["msp"] == "auto" else float(settings["msp"])
+    device = pick_device(use_gpu)
+    common = dict(
+        image_size=settings["image_size"],
+        scales=settings["scales"],
+        msp=msp,
+        mean=mean or IMAGENET_MEAN,
+        std=std or IMAGENET_STD,
+        device=device,
+        batch_size=settings["batch_size"],
+        num_workers=settings["workers"],
+    )
+    log.info("network %s on %s, msp=%s, settings %s", network_name, device, msp, settings)
+    arrays = {}
+    if kind == "test":
+        gnd = datasets.load_ground_truth(listing)
+        db_paths, query_paths, bbxs = datasets.test_image_paths(Path(images).parent, gnd)
+        arrays["db"] = extract_descriptors(net, db_paths, desc="database", **common)
+        arrays["query"] = extract_descriptors(net, query_paths, bbxs=bbxs, desc="queries", **common)
+    elif kind == "distractors":
+        arrays["db"] = extract_descriptors(net, datasets.distractor_image_paths(listing), desc="distractors", **common)
+    elif kind == "training":
+        db = datasets.load_training_db(listing)
+        for split in ("train", "val"):
+            paths = [datasets.cid_path(images, cid) for cid in db[split]["cids"]]
+            arrays[split] = extract_descriptors(net, paths, desc=split, **common)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}")
+    attrs = {
+        "network": network_name,
+        "arch": network_spec["arch"],
+        "pooling": network_spec.get("pooling", "gem"),
+        "image_size": settings["image_size"],
+        "scales": list(settings["scales"]),
+        "msp": msp,
+        "weights": checkpoint or f"random(seed={network_spec.get('seed')})",
+    }
+    h5io.write_arrays(out_path, arrays, attrs)
+    log.info("wrote %s: %s", out_path, {k: v.shape for k, v in arrays.items()})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# first-round ranking
+def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
+    query = h5io.read_array(testset_file, "query")
+    db = h5io.read_array(testset_file, "db")
+    if distractors_file:
+        db = np.concatenate([db, h5io.read_array(distractors_file, "db")])
+    return query, db
+
+
+def knn(testset_file: str, distractors_file: str | None, out_path: str, block: int, top_scores: int = 2048) -> None:
+    """Whole-database first-round ranking of every query (exact AP needs all of it)."""
+    from .knn import search
+
+    query, db = load_test_descriptors(testset_file, distractors_file)
+    start = time.perf_counter()
+    scores, ids = search(query, db, db.shape[0], block=block)
+    log.info("ranked %d queries against %d images in %.2f s", len(query), len(db), time.perf_counter() - start)
+    h5io.write_arrays(
+        out_path,
+        {"ranks": ids.astype(np.int32), "scores": scores[:, :top_scores]},
+        {"n_db": int(db.shape[0]), "n_query": int(query.shape[0])},
+    )
+
+
+def train_neighbours(features_file: str, out_path: str, k: int, block: int) -> None:
+    """Top-k neighbour lists of every training image (itself first), for both splits."""
+    from .knn import self_neighbours
+
+    arrays = {}
+    for split in ("train", "val"):
+        features = h5io.read_array(features_file, split)
+        start = time.perf_counter()
+        arrays[split] = self_neighbours(features, k, block=block)
+        log.info("%s: %d x top-%d in %.2f s", split, len(features), k, time.perf_counter() - start)
+    h5io.write_arrays(out_path, arrays, {"k": k})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# affinity sequences
+def affinity(testset_file: str, distractors_file: str | None, knn_file: str, K: int, L: int, out_path: str) -> None:
+    """Affinity sequences [Q, K+1, L] of every query (Eq. 1), one HDF5 chunk per query."""
+    import torch
+
+    from .affinity import test_affinity
+
+    query, db = load_test_descriptors(testset_file, distractors_file)
+    ranks = torch.as_tensor(h5io.read_array(knn_file, "ranks").astype(np.int64))
+    if max(K, L - 1) > db.shape[0]:
+        raise ValueError(f"K={K} / L={L} exceed the {db.shape[0]} database images of {testset_file}")
+    seq = test_affinity(torch.as_tensor(query), torch.as_tensor(db), ranks, K, L).numpy()
+    h5io.write_arrays(
+        out_path,
+        {"affinity": seq, "candidates": ranks[:, :K].numpy()},
+        {"K": K, "L": L},
+        chunks={"affinity": (1, K + 1, L)},
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# evaluation
+def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | None = None) -> dict:
+    """revisitop metrics of the first-round ranking, or of it with its top-K block replaced by a re-ranking."""
+    from .evaluate import evaluate as revisitop
+
+    ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
+    extra = {}
+    if rerank_file:
+        topk = h5io.read_array(rerank_file, "topk")
+        K = topk.shape[1]
+        if not np.array_equal(np.sort(topk, axis=1), np.sort(ranks[:, :K], axis=1)):
+            raise ValueError(f"{rerank_file}: the re-ranked block is not a permutation of the first-round top-{K}")
+        ranks[:, :K] = topk
+        extra = {k: v for k, v in h5io.read_attrs(rerank_file).items() if k in ("latency_ms", "memory_gb")}
+    gnd = datasets.load_ground_truth(gnd_file)["gnd"]
+    result = {**revisitop(ranks, gnd), **{k: float(v) for k, v in extra.items()}}
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    log.info("%s: %s", out_path, {p: round(result[p]["mAP"], 2) for p in ("easy", "medium", "hard")})
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# threads
+def set_threads(threads: int) -> None:
+    """Use the job's threads for torch's intra-op parallelism (Snakemake sets OMP_NUM_THREADS to match)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CSA training
+def train(
+    db_file: str,
+    feature_files: list[str],
+    neighbour_files: list[str],
+    reranker: dict,
+    training: dict,
+    model_path: str,
+    summary_path: str,
+    log_csv: str,
+    curve_png: str,
+    use_gpu: bool = True,
+) -> dict:
+    """Train one re-ranker on the training split's samples of one or several backbones.
+
+    The resumable state (last-epoch checkpoint, running log) lives in ``<model dir>/run/``, which Snakemake
+    does not delete before a rerun, so an interrupted job continues where it stopped.
+    """
+    import shutil
+
+    from .extract import pick_device
+    from .model import CSAConfig
+    from .training import TrainConfig, TrainingSamples, plot_loss_curve
+    from .training import train as run_training
+
+    db = datasets.load_training_db(db_file)
+    clusters = np.asarray(db["train"]["cluster"])
+    features = [h5io.read_array(path, "train") for path in feature_files]
+    neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
+    samples = TrainingSamples(features, neighbours, [clusters] * len(features))
+    model_config = CSAConfig(**reranker)
+    settings = dict(training)
+    world_size = settings.pop("code_world_size", 1)
+    train_config = TrainConfig(**settings, world_size=world_size)
+    device = pick_device(use_gpu)
+    run_dir = Path(model_path).parent / "run"
+    log.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
+    start = time.perf_counter()
+    final = run_training(model_config, train_config, samples, run_dir, device, log=log.info)
+    seconds = time.perf_counter() - start
+    shutil.copyfile(final, model_path)
+    shutil.copyfile(run_dir / "train_log.csv", log_csv)
+    plot_loss_curve(log_csv, curve_png)
+    summary = {
+        "n_samples": len(samples),
+        "n_backbones": len(features),
+        "n_images": int(len(clusters)),
+        "n_clusters": int(len(np.unique(clusters))),
+        "epochs": train_config.epochs,
+        "device": str(device),
+        "seconds_this_run": round(seconds, 2),
+    }
+    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# re-ranking
+def _write_rerank(out_path: str, candidates: np.ndarray, scores: np.ndarray, attrs: dict) -> None:
+    from .rerank import rerank_topk
+
+    topk = rerank_topk(candidates, scores)
+    h5io.write_arrays(
+        out_path,
+        {"topk": topk, "scores": np.take_along_axis(scores, np.argsort(-scores, 1, kind="stable"), 1)},
+        attrs,
+    )
+
+
+def rerank_affinity_feature(affinity_file: str, out_path: str) -> None:
+    """The training-free "Affinity Feature" row: candidates ordered by cos(a_query, a_candidate)."""
+    from .rerank import affinity_feature_scores
+
+    seq = h5io.read_array(affinity_file, "affinity")
+    candidates = h5io.read_array(affinity_file, "candidates")
+    _write_rerank(out_path, candidates, affinity_feature_scores(seq), {"method": "affinity_feature"})
+
+
+def rerank_csa(
+    affinity_file: str,
+    model_file: str,
+    testset_file: str,
+    distractors_file: str | None,
+    knn_file: str,
+    out_path: str,
+    precision: str = "auto",
+    batch_size: int = 8,
+    latency_queries: int = 70,
+    use_gpu: bool = True,
+) -> dict:
+    """CSA re-ranking of every query's top-K block, plus the per-query latency and memory of Tables 1 and 6.
+
+    Latency: each of the first ``latency_queries`` queries is re-ranked alone, from its descriptors to its new
+    order (affinity, model, sort), after three warm-up queries; the median is reported.  Memory: what
+    re-ranking needs resident, i.e. the database descriptors (the O(Nd) of Table 6), the model's parameters and
+    the peak activation memory of one query.
+    """
+    import torch
+
+    from .affinity import test_affinity
+    from .extract import pick_device
+    from .rerank import csa_scores, measure_latency
+    from .training import load_model
+
+    device = pick_device(use_gpu)
+    model = load_model(model_file, device)
+    seq = h5io.read_array(affinity_file, "affinity")
+    candidates = h5io.read_array(affinity_file, "candidates")
+    K, L = candidates.shape[1], seq.shape[2]
+    if model.config.anchors != L:
+        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, {affinity_file} has L={L}")
+    scores = csa_scores(model, seq, batch_size=batch_size, precision=precision, device=device)
+
+    query, db = load_test_descriptors(testset_file, distractors_file)
+    ranks = h5io.read_array(knn_file, "ranks")
+    query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
+    n_timed = min(latency_queries, len(query))
+    times = []
+    for i in [0, 1, 2] + list(range(n_timed)):  # three warm-up queries, then the timed ones
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
+        one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
+        s = csa_scores(model, one, batch_size=1, precision=precision, device=device)
+        np.argsort(-s, axis=1, kind="stable")
+        times.append(time.perf_counter() - start)
+    latency_ms = 1000.0 * float(np.median(times[3:]))
+    peak = measure_latency(model, K, L, device, precision, repeats=3, warmup=1)["peak_mem_mb"]
+    params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory_gb = (db.nbytes + params_bytes + peak * 2**20) / 2**30
+    attrs = {"method": "csa", "model": model_file, "K": K, "L": L, "precision": precision,
+             "latency_ms": latency_ms, "memory_gb": memory_gb, "device": str(device)}  # fmt: skip
+    _write_rerank(out_path, candidates, scores, attrs)
+    log.info("K=%d L=%d: %.2f ms per query (median of %d), %.3f GB", K, L, latency_ms, n_timed, memory_gb)
+    return attrs

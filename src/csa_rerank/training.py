@@ -1,0 +1,522 @@
+"""Training of the CSA re-ranker: losses (Eq. 6-9), optimiser groups, learning-rate schedule, samples, loop.
+
+What the authors' code ran is the default of every setting; :func:`paper_preset` gives what the paper writes
+(the differences are listed in :mod:`csa_rerank.model`).  The loop is a single process (the authors used 4-GPU
+DDP with a global batch of 256; one process with batch 256 sees the same samples per step) and is resumable:
+the full state is saved after every epoch, so a run can be cut into several calls (``until_epoch``) or killed
+and restarted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure  # the object API needs no pyplot backend: it renders with Agg
+from tqdm.auto import tqdm
+
+from csa_rerank.affinity import train_affinity
+from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query
+
+LR_RULES = ("code", "paper")
+RECON_LOSSES = ("distance", "squared")
+CHECKPOINT_NAME = "checkpoint-last.pt"
+MODEL_NAME = "model.pt"
+LOG_NAME = "train_log.csv"
+# One row per epoch: the lr of its last iteration, the three losses averaged over its iterations, its duration.
+LOG_COLUMNS = ("epoch", "lr", "contrastive", "reconstruction", "total", "seconds", "samples_per_s")
+# The code's clamp of the squared distance between unit vectors, which bounds its square root to [0.01, 100].
+DISTANCE_CLAMP = (1e-4, 1e4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def contrastive_loss(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, include_query: bool = True
+) -> torch.Tensor:
+    """Contrastive loss of Eq. 6, mean over the batch.
+
+    Per sample: ``-log( sum_j y_j exp(cos(z_0, z_j) / tau) / sum_j exp(cos(z_0, z_j) / tau) )``.
+
+    Args:
+        z: [B, T, d] refined tokens, token 0 = the query.
+        labels: [B, T] bool or 0/1, ``labels[:, 0]`` = 1 (the query is its own positive).
+        temperature: tau.
+        include_query: True (the code) sums over all T tokens, so the query's self term e^{1/tau} is in the
+            numerator and the denominator; False (the paper's Eq. 6) sums over j >= 1 only.  Then a sample
+            with no positive candidate has no defined loss and is left out of the mean (zero loss if no sample
+            has one).
+    Returns:
+        scalar float32 tensor.
+    """
+    logits = cosine_to_query(z) / temperature  # [B, T]
+    positive = labels.bool()
+    if not include_query:
+        logits, positive = logits[:, 1:], positive[:, 1:]
+        has_positive = positive.any(dim=1)
+        if not has_positive.any():
+            return logits.sum() * 0.0  # keeps the graph connected, so backward() still works
+        logits, positive = logits[has_positive], positive[has_positive]
+    # -log(num / den) = logsumexp(all) - logsumexp(positives); stable for any tau.
+    log_numerator = torch.logsumexp(logits.masked_fill(~positive, -math.inf), dim=1)
+    log_denominator = torch.logsumexp(logits, dim=1)
+    return (log_denominator - log_numerator).mean()
+
+
+def reconstruction_loss(affinity: torch.Tensor, recon: torch.Tensor, kind: str = "distance") -> torch.Tensor:
+    """Reconstruction ("MSE") loss of Eq. 8 between input affinities and reconstructions, mean over tokens.
+
+    Args:
+        affinity: [B, T, L] input affinities, before the input dropout.
+        recon: [B, T, L] output of :meth:`CSAReranker.reconstruct`.
+        kind: ``"distance"`` (the code): ``sqrt(clamp(||a/||a|| - r/||r||||^2, 1e-4, 1e4))``, a Euclidean
+            distance between unit vectors (0.01 .. 2); ``"squared"`` (the paper): ``||a - r||^2``, the squared
+            norm of Eq. 8. Both are averaged over the B x T tokens rather than summed as in Eq. 8, so that
+            lambda does not have to change with K or the batch size.  Note that the "squared" value is a sum
+            over the L entries, i.e. L times ``nn.MSELoss``.
+    Returns:
+        scalar float32 tensor.
+    """
+    affinity, recon = affinity.float(), recon.float()
+    if kind == "distance":
+        difference = F.normalize(affinity, dim=-1) - F.normalize(recon, dim=-1)
+        return difference.pow(2).sum(dim=-1).clamp(*DISTANCE_CLAMP).sqrt().mean()
+    if kind == "squared":
+        return (affinity - recon).pow(2).sum(dim=-1).mean()
+    raise ValueError(f"reconstruction loss kind={kind!r}; choose one of {', '.join(RECON_LOSSES)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """SGD parameter groups: weight decay on every parameter with ndim >= 2 (all Linear weights, including the
+    reconstruction head's, as in the code), none on biases and LayerNorm parameters."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float, final_lr: float
+) -> float:
+    """Learning rate of iteration ``step`` (0-based, < total_steps).
+
+    Linear warm-up from ``warmup_lr`` (step 0) towards ``base_lr`` (reached at step ``warmup_steps``), then a
+    half-cosine from ``base_lr`` to ``final_lr`` over the remaining steps (the last step is within one step's
+    decrement of ``final_lr``).  The code's scheduler returns the value of the *next* step and runs past its
+    table on the very last iteration; here step i simply gets value i.
+    """
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step {step} outside [0, {total_steps})")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} outside [0, total_steps={total_steps}]")
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def learning_rate(lr: float, batch_size: int, rule: str) -> float:
+    """Learning rate actually used: ``"code"`` = lr x per-process batch / 256 (the code's scaling, with the
+    batch after DDP division: 0.1 x 64 / 256 = 0.025 in the 4-GPU scripts); ``"paper"`` = lr as written."""
+    if rule == "code":
+        return lr * batch_size / 256
+    if rule == "paper":
+        return lr
+    raise ValueError(f"lr rule={rule!r}; choose one of {', '.join(LR_RULES)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults are those of the authors' scripts (see :func:`paper_preset`)."""
+
+    epochs: int = 100
+    warmup_epochs: int = 20
+    batch_size: int = 256  # global batch
+    lr: float = 0.1  # before the lr rule
+    lr_rule: str = "code"  # "code": x per-process batch / 256; "paper": as written
+    warmup_lr: float = 0.001  # before the lr rule
+    final_lr: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    clip_grad_norm: float = 0.0  # 0 = no clipping
+    recon_weight: float = 0.2  # lambda of Eq. 9 (the code's alpha)
+    recon_loss: str = "distance"  # "distance" (code) or "squared" (paper)
+    include_query: bool = True  # the query's self term in the contrastive loss (code) or not (Eq. 6)
+    K_train: int = 512  # tokens per training sample (the image itself + K_train - 1 neighbours)
+    amp: bool = True  # fp16 autocast + GradScaler; only takes effect on CUDA
+    seed: int = 0
+    world_size: int = 1  # processes the global batch is divided over, for the "code" lr rule (4 = as run)
+
+    def __post_init__(self) -> None:
+        if self.lr_rule not in LR_RULES:
+            raise ValueError(f"lr_rule={self.lr_rule!r}; choose one of {', '.join(LR_RULES)}")
+        if self.recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss={self.recon_loss!r}; choose one of {', '.join(RECON_LOSSES)}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} outside [0, epochs={self.epochs}]")
+        if self.batch_size % self.world_size != 0:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by world_size={self.world_size}")
+
+    def scaled_lr(self, lr: float) -> float:
+        """``lr`` after the configured lr rule."""
+        return learning_rate(lr, self.batch_size // self.world_size, self.lr_rule)
+
+
+def paper_preset() -> tuple[CSAConfig, TrainConfig]:
+    """The settings as the paper (and README) write them: lr 0.1 as is, gradient clipping 1.0, weight decay
+    1e-5, a two-layer GELU MLP reconstruction head, a squared-error reconstruction loss and Eq. 6's
+    contrastive loss without the query's own term."""
+    return (
+        CSAConfig(recon_head="mlp"),
+        TrainConfig(lr_rule="paper", clip_grad_norm=1.0, weight_decay=1e-5, recon_loss="squared", include_query=False),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training samples
+
+
+class TrainingSamples:
+    """Training samples of one or several backbones (the paper's data augmentation: their union).
+
+    Sample ``s`` of backbone ``b`` is image ``s - offset_b`` described with backbone ``b``'s features; its
+    tokens are its first K neighbours and its anchors its first L neighbours under that backbone (position 0 =
+    itself).
+
+    Args:
+        features: per backbone, [N, D] float32 unit-norm descriptors (same D for all backbones).
+        neighbours: per backbone, [N, >= max(K, L)] int64 neighbour lists of that backbone, position 0 = the
+            image itself.
+        clusters: per backbone, [N] cluster id of each image (positives share the query's cluster).
+    """
+
+    def __init__(
+        self,
+        features: Sequence[torch.Tensor | np.ndarray],
+        neighbours: Sequence[torch.Tensor | np.ndarray],
+        clusters: Sequence[torch.Tensor | np.ndarray],
+    ):
+        if not (len(features) == len(neighbours) == len(clusters) >= 1):
+            raise ValueError("give features, neighbours and clusters for the same (>= 1) number of backbones")
+        all_features, all_neighbours, all_clusters = [], [], []
+        offset = 0
+        for b, (feats, neigh, clust) in enumerate(zip(features, neighbours, clusters, strict=True)):
+            feats = torch.as_tensor(feats, dtype=torch.float32)
+            neigh = torch.as_tensor(neigh, dtype=torch.int64)
+            clust = torch.as_tensor(clust, dtype=torch.int64)
+            n = feats.shape[0]
+            if neigh.ndim != 2 or neigh.shape[0] != n or clust.shape != (n,):
+                raise ValueError(
+                    f"backbone {b}: features {tuple(feats.shape)}, neighbours {tuple(neigh.shape)} and "
+                    f"clusters {tuple(clust.shape)} do not describe the same {n} images"
+                )
+            if neigh.numel() and (neigh.min() < 0 or neigh.max() >= n):
+                raise ValueError(f"backbone {b}: neighbour indices outside [0, {n})")
+            if all_features and feats.shape[1] != (dim := all_features[0].shape[1]):
+                raise ValueError(f"backbone {b}: {feats.shape[1]}-d descriptors, backbone 0 has {dim}-d")
+            all_features.append(feats)
+            all_neighbours.append(neigh + offset)  # rows of the concatenated feature matrix
+            all_clusters.append(clust)
+            offset += n
+        self.features = torch.cat(all_features)  # [sum N, D]
+        width = min(n.shape[1] for n in all_neighbours)  # cut longer lists to a common width to stack them
+        self.neighbours = torch.cat([n[:, :width] for n in all_neighbours])  # [sum N, width]
+        self.clusters = torch.cat(all_clusters)  # [sum N]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device: torch.device | str) -> TrainingSamples:
+        """Move the stored tensors to ``device`` (in place; returns self), so batches are gathered there."""
+        self.features = self.features.to(device)
+        self.neighbours = self.neighbours.to(device)
+        self.clusters = self.clusters.to(device)
+        return self
+
+    def batch(
+        self, sample_ids: torch.Tensor, K: int, L: int, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Affinities and labels of a batch of samples, built on ``device``.
+
+        Args:
+            sample_ids: [B] int64 sample indices in [0, len(self)).
+        Returns:
+            affinity [B, K, L] float32 (row r = neighbour r vs the first L neighbours) and labels [B, K] bool
+            (``labels[:, j]`` = neighbour j is in the query's cluster; ``labels[:, 0]`` is True).
+
+        The code shuffles rows 1..K-1 of each sample; that is not done here because it changes nothing: the
+        model has no positional embedding (permutation-equivariant over tokens) and both losses are sums over
+        rows.
+        """
+        width = max(K, L)
+        if self.neighbours.shape[1] < width:
+            raise ValueError(f"neighbour lists have {self.neighbours.shape[1]} columns, max(K, L) = {width}")
+        rows = self.neighbours[sample_ids.to(self.neighbours.device), :width]  # [B, width]
+        labels = self.clusters[rows[:, :K]] == self.clusters[rows[:, :1]]  # [B, K]
+        # Gather the descriptors where they are stored, move only those, and build the affinity on the device.
+        descriptors = self.features[rows].to(device)  # [B, width, D]
+        B = descriptors.shape[0]
+        local_rows = torch.arange(B * width, device=descriptors.device).view(B, width)
+        affinity = train_affinity(descriptors.reshape(B * width, -1), local_rows, K, L)
+        return affinity, labels.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training loop
+
+
+def _rng_state(sampler: torch.Generator) -> dict:
+    """All random states the loop consumes, as plain types / tensors (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "sampler": sampler.get_state(),
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+    }
+
+
+def _set_rng_state(state: dict, sampler: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    sampler.set_state(state["sampler"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            np.asarray(numpy_state["keys"], dtype=np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached"],
+        )
+    )
+
+
+def _save_atomically(obj: dict, path: Path) -> None:
+    """torch.save to a temporary name, then rename, so a killed run never leaves a truncated file."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def _truncate_log(log_csv: Path, last_epoch: int) -> None:
+    """Drop the log rows of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+    if not log_csv.exists():
+        return
+    with log_csv.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
+    with log_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_log(log_csv: Path, row: dict) -> None:
+    new_file = not log_csv.exists()
+    with log_csv.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train(
+    model_config: CSAConfig,
+    train_config: TrainConfig,
+    samples: TrainingSamples,
+    out_dir: str | Path,
+    device: torch.device | str,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    until_epoch: int | None = None,
+) -> Path:
+    """Train a CSA re-ranker; resumable.
+
+    SGD with momentum on :func:`parameter_groups`, per-iteration :func:`warmup_cosine` learning rate, shuffled
+    batches (drop_last) from a generator seeded with ``train_config.seed``, fp16 AMP on CUDA.  After every
+    epoch the full state goes to ``out_dir/checkpoint-last.pt`` and one row to ``out_dir/train_log.csv``.  A
+    call finding a checkpoint saved with the same configurations continues from it, so a run killed or stopped
+    early (``until_epoch``) and started again ends with the same weights as an uninterrupted one (bit-exact on
+    CPU).
+
+    Args:
+        samples: moved to ``device`` (in place) before the first batch.
+        until_epoch: stop once this many epochs (counted from the start of the run) are done; None = all.
+    Returns:
+        ``out_dir/model.pt`` (config + weights) when all epochs are done, else ``out_dir/checkpoint-last.pt``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    checkpoint_path, log_csv = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
+    configs = {"model_config": asdict(model_config), "train_config": asdict(train_config)}
+
+    random.seed(train_config.seed)
+    np.random.seed(train_config.seed)
+    torch.manual_seed(train_config.seed)
+    sampler = torch.Generator().manual_seed(train_config.seed)
+
+    model = CSAReranker(model_config).to(device)
+    groups = parameter_groups(model, train_config.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=train_config.momentum, nesterov=False)
+    use_amp = train_config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    steps_per_epoch = len(samples) // train_config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(samples)} samples give no full batch of {train_config.batch_size}")
+    total_steps = train_config.epochs * steps_per_epoch
+    warmup_steps = train_config.warmup_epochs * steps_per_epoch
+    base_lr, warmup_lr, final_lr = (
+        train_config.scaled_lr(lr) for lr in (train_config.lr, train_config.warmup_lr, train_config.final_lr)
+    )
+
+    start_epoch, step = 0, 0
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if checkpoint["configs"] == configs:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if checkpoint["scaler"]:  # empty when saved without AMP
+                scaler.load_state_dict(checkpoint["scaler"])
+            start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+            _set_rng_state(checkpoint["rng"], sampler)
+            _truncate_log(log_csv, start_epoch)
+            log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+        else:
+            log(f"{checkpoint_path} was saved with other configurations; starting from scratch")
+    if start_epoch == 0:
+        log_csv.unlink(missing_ok=True)
+
+    samples = samples.to(device)
+    K, L = train_config.K_train, model_config.anchors
+    stop_epoch = train_config.epochs if until_epoch is None else min(until_epoch, train_config.epochs)
+    for epoch in range(start_epoch, stop_epoch):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(samples), generator=sampler)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # contrastive, reconstruction, total
+        bar = tqdm(range(steps_per_epoch), f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress)
+        for i in bar:
+            lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, warmup_lr, final_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ids = order[i * train_config.batch_size : (i + 1) * train_config.batch_size]
+            affinity, labels = samples.batch(ids, K, L, device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                z = model(affinity)
+                recon = model.reconstruct(z)
+            contrastive = contrastive_loss(z, labels, model_config.temperature, train_config.include_query)
+            reconstruction = reconstruction_loss(affinity, recon, train_config.recon_loss)
+            loss = contrastive + train_config.recon_weight * reconstruction
+            # With AMP the grad scaler skips steps with inf/NaN gradients (as in the code); without it, stop.
+            if not use_amp and not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step}")
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if train_config.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+
+            sums += torch.stack([contrastive.detach(), reconstruction.detach(), loss.detach()]).double()
+            if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{sums[2].item() / (i + 1):.4f}", lr=f"{lr:.2e}")
+
+        seconds = time.perf_counter() - started
+        means = (sums / steps_per_epoch).tolist()
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "contrastive": means[0],
+            "reconstruction": means[1],
+            "total": means[2],
+            "seconds": seconds,
+            "samples_per_s": steps_per_epoch * train_config.batch_size / seconds,
+        }
+        _append_log(log_csv, row)
+        _save_atomically(
+            {
+                "configs": configs,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "rng": _rng_state(sampler),
+            },
+            checkpoint_path,
+        )
+        log(
+            f"epoch {epoch + 1}/{train_config.epochs}: loss {means[2]:.4f} (contrastive {means[0]:.4f}, "
+            f"reconstruction {means[1]:.4f}), lr {lr:.3e}, {seconds:.1f} s"
+        )
+
+    if stop_epoch < train_config.epochs:
+        return checkpoint_path
+    model_path = out_dir / MODEL_NAME
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    _save_atomically({"config": asdict(model_config), "state_dict": state_dict}, model_path)
+    log(f"wrote {model_path}")
+    return model_path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReranker:
+    """Load a model written by :func:`train` (``model.pt``), in eval mode on ``device``.
+
+    Raises:
+        ValueError: naming ``path``, if the file is not a CSA model file or its weights do not fit its config.
+    """
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors of many kinds: report them all with the file name
+        raise ValueError(f"{path} is not a CSA model file (weights_only loading failed): {error}") from error
+    if not isinstance(content, dict) or set(content) != {"config", "state_dict"}:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path} is not a CSA model file: expected keys config, state_dict; found {found}")
+    try:
+        model = CSAReranker(CSAConfig(**content["config"]))
+        model.load_state_dict(content["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a valid CSA model file: {error}") from error
+    return model.to(device).eval()
+
+
+def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
+    """Plot the per-epoch losses and the learning rate of ``train_log.csv`` into a PNG."""
+    log = pd.read_csv(log_csv)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    losses, lrs = figure.subplots(1, 2)
+    for column in ("contrastive", "reconstruction", "total"):
+        losses.plot(log["epoch"], log[column], label=column)
+    losses.set(xlabel="epoch", ylabel="mean loss over the epoch", title="training losses")
+    losses.legend()
+    losses.grid(True)
+    lrs.plot(log["epoch"], log["lr"])
+    lrs.set(xlabel="epoch", ylabel="learning rate (last iteration)", title="learning rate")
+    lrs.grid(True)
+    figure.savefig(png_path, dpi=100)

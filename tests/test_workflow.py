@@ -1,0 +1,130 @@
+"""The Snakemake workflow: dry runs of both configurations, one tiny end-to-end run, the rerun policy.
+
+The end-to-end run uses configs/ci.yaml (the demo preset shrunk to seconds of compute) in a temporary working
+directory, then checks the tables, that a second dry run has nothing to do, which jobs a hyperparameter change
+reruns, and that the first-round numbers equal an independent revisitop evaluation of the descriptor files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from csa_rerank import safe_pickle
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+CI_CONFIG = ["--configfile", str(REPO / "configs" / "ci.yaml"), "--replace-workflow-config"]
+
+
+def snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=1200)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    if "Nothing to be done" in output:
+        return {}
+    stats = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
+
+
+def test_demo_dry_run_lists_every_stage(tmp_path):
+    result = snakemake(["-n", "--configfile", str(REPO / "configs" / "demo.yaml"), "--replace-workflow-config"], tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = planned_jobs(result.stdout)
+    for rule in ("generate_demo_testset", "generate_demo_distractors", "generate_demo_trainset", "extract", "knn",
+                 "train_neighbours", "affinity", "train", "rerank_csa", "rerank_affinity_feature",
+                 "evaluate_first_round", "evaluate_rerank", "table"):  # fmt: skip
+        assert jobs.get(rule, 0) > 0, rule
+    # one job per (dataset, network): 2 test sets + distractors with R101, training set with R50/R101/R152
+    assert jobs["extract"] == 6
+    assert jobs["table"] == 7
+
+
+def test_bad_config_value_names_the_key(tmp_path):
+    result = snakemake(["-n", *CI_CONFIG, "--config", "reranker={recon_head: cubic}"], tmp_path)
+    assert result.returncode != 0
+    assert "recon_head" in result.stdout + result.stderr
+    result = snakemake(["-n", *CI_CONFIG, "--config", "experiments={first_round: nonet}"], tmp_path)
+    assert result.returncode != 0
+    assert "experiments" in result.stdout + result.stderr
+
+
+def _independent_map(ranks: np.ndarray, gnd: list[dict], protocol: str) -> float:
+    """revisitop's compute_map written out plainly (positions, junk removal, trapezoid), for cross-checking."""
+    aps = []
+    for q, entry in enumerate(gnd):
+        easy, hard, junk = set(entry["easy"]), set(entry["hard"]), set(entry["junk"])
+        ok = {"medium": easy | hard, "hard": hard}[protocol]
+        bad = {"medium": junk, "hard": junk | easy}[protocol]
+        if not ok:
+            continue
+        position, found, ap = 0, 0, 0.0
+        for item in ranks[q]:
+            if item in bad:
+                continue
+            if item in ok:
+                before = 1.0 if position == 0 else found / position
+                found += 1
+                ap += (before + found / (position + 1)) / 2 / len(ok)
+            position += 1
+        aps.append(ap)
+    return 100 * float(np.mean(aps))
+
+
+@pytest.mark.e2e
+def test_end_to_end_tables_and_rerun_policy(tmp_path):
+    result = snakemake(["--cores", "2", *CI_CONFIG], tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = tmp_path / "results" / "ci"
+    for table in ("table1", "table2", "table3", "table4", "table5", "table6", "supp_table1"):
+        assert (results / f"{table}.csv").exists(), table
+        assert (results / f"{table}.md").exists(), table
+
+    table5 = pd.read_csv(results / "table5.csv")
+    assert list(table5["Method"]) == ["R-GeM(No re-ranking)", "Affinity Feature", "Ours(rSfM120k)", "Ours(AugrSfM120k)"]
+    assert "paper ROxf+R1M Hard" in table5.columns
+    assert table5.loc[0, "paper ROxf Medium"] == 67.3
+    table1 = pd.read_csv(results / "table1.csv")
+    assert list(table1["Method"]) == ["R-GeM", "R-GeM+Ours(K=8)", "R-GeM+Ours(K=24)"]
+    assert (table1["Re-ranking latency (ms)"].iloc[1:] > 0).all()
+    table3 = pd.read_csv(results / "table3.csv")
+    assert list(table3["Training nums"]) == [80, 240]  # 10 clusters - 2 for validation = 8 x 8 images, x3 backbones
+
+    # first-round mAP in table 5 equals an independent evaluation of the descriptor files
+    for name, label in (("roxford5k", "ROxf"), ("rparis6k", "RPar")):
+        gnd = safe_pickle.load(tmp_path / "data" / "ci" / "test" / name / f"gnd_{name}.pkl")["gnd"]
+        with h5py.File(results / "features" / name / "demo-resnet101-gem.h5") as handle:
+            db, query = handle["db"][()], handle["query"][()]
+        ranks = np.argsort(-(query @ db.T), axis=1, kind="stable")
+        for protocol, column in (("medium", "Medium"), ("hard", "Hard")):
+            expected = round(_independent_map(ranks, gnd, protocol), 2)
+            assert table5.loc[0, f"{label} {column}"] == pytest.approx(expected, abs=0.011)
+
+    # nothing to do after a finished run
+    result = snakemake(["-n", *CI_CONFIG], tmp_path)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+    # a re-ranker hyperparameter reruns training, re-ranking, evaluation and tables, not extraction/kNN/affinity
+    changed = snakemake(["-n", *CI_CONFIG, "--config", "training={recon_weight: 0.5}"], tmp_path)
+    jobs = planned_jobs(changed.stdout)
+    assert jobs.get("train") == 3 and jobs.get("rerank_csa", 0) > 0 and jobs.get("table", 0) > 0, jobs
+    assert not {"extract", "knn", "affinity", "train_neighbours"} & set(jobs), jobs
+
+    # the image size reruns extraction and everything after it
+    changed = snakemake(["-n", *CI_CONFIG, "--config", "extraction={image_size: 48}"], tmp_path)
+    jobs = planned_jobs(changed.stdout)
+    assert jobs.get("extract") == 6 and jobs.get("knn") == 4 and jobs.get("train") == 3, jobs
+    assert "generate_demo_testset" not in jobs
+
+    json.loads((results / "models" / "rSfM120k" / "summary.json").read_text())

@@ -1,0 +1,39 @@
+# First-round rankings: whole-database rankings of the test queries, and top-k neighbour lists of the
+# training images (the image itself first).
+
+
+rule knn:
+    input:
+        unpack(descriptor_files),
+    output:
+        "<results>/knn/{testset}/{network}.h5",
+    log:
+        "<logs>/knn/{testset}/{network}.log",
+    benchmark:
+        "<benchmarks>/knn/{testset}/{network}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        block=config["knn"]["block"],
+    script:
+        "../scripts/knn.py"
+
+
+rule train_neighbours:
+    input:
+        f"<results>/features/{TRAINSET}/{{network}}.h5",
+    output:
+        "<results>/neighbours/{network}.h5",
+    log:
+        "<logs>/train_neighbours/{network}.log",
+    benchmark:
+        "<benchmarks>/train_neighbours/{network}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        k=TRAIN_TOPK,
+        block=config["knn"]["block"],
+    script:
+        "../scripts/train_neighbours.py"

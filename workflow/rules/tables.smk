@@ -1,0 +1,25 @@
+# The paper's tables as CSV (plus a Markdown rendering), each with the published values beside ours.
+
+
+localrules:
+    table,
+
+
+rule table:
+    input:
+        table_inputs,
+    output:
+        csv=report(
+            "<results>/{table}.csv", caption="../report/table.rst", category="Tables"
+        ),
+        markdown="<results>/{table}.md",
+    log:
+        "<logs>/tables/{table}.log",
+    wildcard_constraints:
+        table="|".join(TABLES),
+    conda:
+        "../../envs/tables.yaml"
+    params:
+        layout=table_layout_of,
+    script:
+        "../scripts/make_table.py"

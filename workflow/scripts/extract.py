@@ -1,0 +1,17 @@
+"""Snakemake script: descriptors of one dataset with one network."""
+
+from csa_rerank import logs, stages
+
+log = logs.setup(snakemake.log[0])
+stages.set_threads(snakemake.threads)
+stages.extract(
+    kind=snakemake.params.kind,
+    listing=snakemake.input.listing,
+    images=snakemake.input.images,
+    network_name=snakemake.wildcards.network,
+    network_spec=snakemake.params.network,
+    settings=snakemake.params.settings,
+    out_path=snakemake.output[0],
+    checkpoint=snakemake.input.get("checkpoint"),
+    use_gpu=snakemake.resources.get("gpu", 0) > 0,
+)

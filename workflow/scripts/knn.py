@@ -1,0 +1,9 @@
+"""Snakemake script: whole-database first-round ranking of a test set (with distractors when it has them)."""
+
+from csa_rerank import logs, stages
+
+log = logs.setup(snakemake.log[0])
+stages.set_threads(snakemake.threads)
+stages.knn(
+    snakemake.input.testset, snakemake.input.get("distractors"), snakemake.output[0], block=snakemake.params.block
+)

@@ -1,0 +1,18 @@
+"""Snakemake script: train one CSA re-ranker (resumes from the last epoch checkpoint of an interrupted run)."""
+
+from csa_rerank import logs, stages
+
+log = logs.setup(snakemake.log[0])
+stages.set_threads(snakemake.threads)
+stages.train(
+    db_file=snakemake.input.db,
+    feature_files=list(snakemake.input.features),
+    neighbour_files=list(snakemake.input.neighbours),
+    reranker=snakemake.params.reranker,
+    training=snakemake.params.training,
+    model_path=snakemake.output.model,
+    summary_path=snakemake.output.summary,
+    log_csv=snakemake.output.log_csv,
+    curve_png=snakemake.output.curve,
+    use_gpu=snakemake.resources.get("gpu", 0) > 0,
+)

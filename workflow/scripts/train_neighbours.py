@@ -1,0 +1,7 @@
+"""Snakemake script: top-k neighbour lists of the training images (each image first in its own list)."""
+
+from csa_rerank import logs, stages
+
+log = logs.setup(snakemake.log[0])
+stages.set_threads(snakemake.threads)
+stages.train_neighbours(snakemake.input[0], snakemake.output[0], k=snakemake.params.k, block=snakemake.params.block)
