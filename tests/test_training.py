@@ -158,7 +158,11 @@ def test_learning_rate_rules():
 def test_paper_preset():
     model_config, train_config = paper_preset()
     assert model_config.recon_head == "mlp" and model_config.temperature == 2.0
-    assert (train_config.lr_rule, train_config.clip_grad_norm, train_config.weight_decay) == ("paper", 1.0, 1e-5)
+    assert (train_config.lr_rule, train_config.clip_grad_norm, train_config.weight_decay) == (
+        "paper",
+        1.0,
+        1e-5,
+    )
     assert (train_config.recon_loss, train_config.include_query) == ("squared", False)
     assert (train_config.epochs, train_config.batch_size, train_config.recon_weight) == (100, 256, 0.2)
 
@@ -168,7 +172,7 @@ def test_paper_preset():
 
 
 def clustered_features(n_images: int, clusters: int, dim: int, noise: float, width: int, seed: int):
-    """Unit vectors scattered around cluster centres, their exact neighbour lists (self first) and cluster ids."""
+    """Unit vectors scattered around cluster centres, exact neighbour lists (self first), cluster ids."""
     rng = np.random.default_rng(seed)
     cluster = rng.permutation(np.arange(n_images) % clusters)
     features = rng.normal(size=(clusters, dim))[cluster] + noise * rng.normal(size=(n_images, dim))
@@ -209,7 +213,9 @@ def test_training_samples_validation():
 # ---------------------------------------------------------------------------------------------------------
 # Training loop
 
-TINY_MODEL = CSAConfig(anchors=16, hidden=32, heads=4, input_dropout=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+TINY_MODEL = CSAConfig(
+    anchors=16, hidden=32, heads=4, input_dropout=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0
+)
 TINY_TRAINING = TrainConfig(epochs=20, warmup_epochs=1, batch_size=32, lr=0.1, lr_rule="paper", K_train=16)
 
 
@@ -276,7 +282,8 @@ def test_resumed_training_ends_with_the_same_weights(synthetic_samples, tmp_path
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     columns = ["epoch", "lr", "contrastive", "reconstruction", "total"]
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "a" / "train_log.csv")[columns], pd.read_csv(tmp_path / "b" / "train_log.csv")[columns]
+        pd.read_csv(tmp_path / "a" / "train_log.csv")[columns],
+        pd.read_csv(tmp_path / "b" / "train_log.csv")[columns],
     )
 
 

@@ -38,7 +38,9 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def test_demo_dry_run_lists_every_stage(tmp_path):
-    result = snakemake(["-n", "--configfile", str(REPO / "configs" / "demo.yaml"), "--replace-workflow-config"], tmp_path)
+    result = snakemake(
+        ["-n", "--configfile", str(REPO / "configs" / "demo.yaml"), "--replace-workflow-config"], tmp_path
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     jobs = planned_jobs(result.stdout)
     for rule in ("generate_demo_testset", "generate_demo_distractors", "generate_demo_trainset", "extract", "knn",

@@ -51,10 +51,14 @@ JPEG_QUALITY = 90
 # the fraction of the landmark that occluders should hide, relighting strength, and how far the landmark may be
 # pushed past the image border (as a fraction of its own size).
 _VIEW_PRESETS = {
-    "query": dict(scale=(0.6, 0.85), yaw=0.15, pitch=0.08, roll=3.0, occlusion=(0.0, 0.05), light=0.15, cut=0.0),
-    "easy": dict(scale=(0.55, 0.95), yaw=0.3, pitch=0.12, roll=5.0, occlusion=(0.0, 0.12), light=0.3, cut=0.0),
-    "hard": dict(scale=(0.3, 0.6), yaw=0.6, pitch=0.25, roll=12.0, occlusion=(0.2, 0.45), light=0.8, cut=0.1),
-    "junk": dict(scale=(0.12, 0.3), yaw=0.7, pitch=0.3, roll=15.0, occlusion=(0.55, 0.85), light=0.8, cut=0.5),
+    "query": dict(scale=(0.92, 1.0), yaw=0.15, pitch=0.08, roll=3.0, centre=0.1, occlusion=(0.0, 0.05), light=0.15,
+                  cut=0.0),
+    "easy": dict(scale=(0.8, 1.05), yaw=0.25, pitch=0.1, roll=4.0, centre=0.2, occlusion=(0.0, 0.1), light=0.3,
+                 cut=0.05),
+    "hard": dict(scale=(0.45, 0.8), yaw=0.5, pitch=0.25, roll=10.0, centre=0.6, occlusion=(0.15, 0.4), light=0.8,
+                 cut=0.1),
+    "junk": dict(scale=(0.15, 0.35), yaw=0.7, pitch=0.3, roll=15.0, centre=1.0, occlusion=(0.55, 0.85), light=0.8,
+                 cut=0.5),
 }
 # Shares of easy / hard / junk among the database views of one landmark, and among a training cluster's images.
 _TEST_VIEW_MIX = (("easy", 0.45), ("hard", 0.4), ("junk", 0.15))
@@ -316,10 +320,11 @@ def _view_quad(rng: np.random.Generator, facade_size, photo_size, preset: dict) 
     corners += rng.normal(0.0, 0.02 * h, size=corners.shape)
     a = math.radians(rng.uniform(-preset["roll"], preset["roll"]))
     corners = corners @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
-    # centre: inside the photo with the whole landmark visible, or pushed past a border by up to `cut` of its size
+    # centre: photographers frame the landmark, so it stays near the middle (`centre` = how far off it may go, as a
+    # share of the room left), and is pushed past a border by up to `cut` of its size
     half = (corners.max(0) - corners.min(0)) / 2
     slack = np.maximum(np.array([width, height]) / 2 - half, 0.0) + preset["cut"] * 2 * half
-    centre = np.array([width, height]) / 2 + rng.uniform(-1, 1, size=2) * slack
+    centre = np.array([width, height]) / 2 + rng.uniform(-1, 1, size=2) * preset["centre"] * slack
     return corners + centre
 
 

@@ -41,6 +41,8 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | 
         for name, array in arrays.items():
             handle.create_dataset(name, data=array, chunks=chunks.get(name))
         for key, value in (attrs or {}).items():
+            if isinstance(value, np.generic):
+                value = value.item()
             handle.attrs[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
 
 

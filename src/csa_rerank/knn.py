@@ -14,6 +14,25 @@ def _as_tensor(x: np.ndarray, device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
 
 
+def _top_k_lowest_index_first(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row, equal scores ordered by column index, also across the k-th position.
+
+    ``torch.topk`` is fast but keeps an arbitrary subset of a tie group cut by the k-th position.  Rows where
+    more than k scores reach the k-th value (ties at the boundary, rare with real descriptors) are therefore
+    redone with a stable full sort; the others only need their kept items put in (score, index) order.
+    """
+    if k == sims.shape[1]:
+        return torch.sort(sims, dim=1, descending=True, stable=True)
+    s, i = torch.topk(sims, k, dim=1)
+    order = torch.as_tensor(np.lexsort((i.cpu().numpy(), -s.cpu().numpy()), axis=1), device=s.device)
+    s, i = torch.gather(s, 1, order), torch.gather(i, 1, order)
+    tied = ((sims >= s[:, -1:]).sum(dim=1) > k).nonzero().flatten()
+    if len(tied):
+        s_tied, i_tied = torch.sort(sims[tied], dim=1, descending=True, stable=True)
+        s[tied], i[tied] = s_tied[:, :k], i_tied[:, :k]
+    return s, i
+
+
 def search(
     queries: np.ndarray, db: np.ndarray, k: int, block: int = 1024, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -31,15 +50,7 @@ def search(
     ids = np.empty((queries.shape[0], k), dtype=np.int64)
     for start in range(0, queries.shape[0], block):
         sims = _as_tensor(queries[start : start + block], device) @ db_t.T  # [b, N]
-        if k == db.shape[0]:
-            # a stable sort breaks ties by index; topk does not promise that
-            s, i = torch.sort(sims, dim=1, descending=True, stable=True)
-        else:
-            s, i = torch.topk(sims, k, dim=1)
-            # order equal scores by index so the result is deterministic
-            order = np.lexsort((i.cpu().numpy(), -s.cpu().numpy()), axis=1)
-            s = torch.gather(s, 1, torch.as_tensor(order, device=s.device))
-            i = torch.gather(i, 1, torch.as_tensor(order, device=i.device))
+        s, i = _top_k_lowest_index_first(sims, k)
         scores[start : start + block] = s.cpu().numpy()
         ids[start : start + block] = i.cpu().numpy()
     return scores, ids

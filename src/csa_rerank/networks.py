@@ -135,7 +135,10 @@ def load_cirtorch_network(path, arch: str, pooling: str = "gem", whitening: bool
     net = build_network(arch, pooling)
     if whitening:
         net.whiten = nn.Linear(net.dim, net.dim, bias=True)
-    missing, unexpected = net.load_state_dict(checkpoint["state_dict"], strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape
+        raise ValueError(f"{path}: checkpoint does not match {arch}/{pooling}/whitening={whitening}: {err}") from err
     if missing or unexpected:
         raise ValueError(
             f"{path}: checkpoint does not match {arch}/{pooling}/whitening={whitening}: "

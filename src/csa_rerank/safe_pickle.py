@@ -7,6 +7,7 @@ only plain containers, numbers, strings and numpy arrays; anything else is refus
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from pathlib import Path
@@ -25,6 +26,8 @@ _ALLOWED_GLOBALS = {
     ("numpy", "int64"),
     ("numpy", "int32"),
     ("numpy", "uint8"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol-5 arrays
+    ("numpy._core.numeric", "_frombuffer"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "bytearray"),
@@ -44,6 +47,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python-2 pickles (protocols 0-2) name e.g. __builtin__.set; check the Python-3 name they stand for
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise UnsafePickleError(

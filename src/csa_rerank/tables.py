@@ -140,8 +140,12 @@ def columns(table: str, label_header: str) -> list[str]:
     return [label_header, *_TEXT_COLUMNS.get(table, [])] + [c for m in metrics for c in (m, f"paper {m}")]
 
 
-# Decimal places of each column, as the paper prints them.
+# Decimal places of a column: the paper's, except memory, where the demo's few megabytes need four.
 _DECIMALS = {"Training nums": 0, "Re-ranking latency (ms)": 1}
+
+
+def _decimals(column: str) -> int:
+    return 4 if column.startswith("Memory") else _DECIMALS.get(column, 2)
 
 
 def _lookup(document: dict, key: list[str], source: str):
@@ -166,7 +170,7 @@ def build(table: str, layout: dict) -> pd.DataFrame:
             if cell["file"] not in cache:
                 cache[cell["file"]] = json.loads(Path(cell["file"]).read_text())
             value = float(_lookup(cache[cell["file"]], cell["key"], cell["file"]))
-            record[column] = round(value, _DECIMALS.get(column, 2))
+            record[column] = round(value, _decimals(column))
             record[f"paper {column}"] = paper.get(row["label"], {}).get(column)
         records.append(record)
     return pd.DataFrame.from_records(records, columns=columns(table, layout["label_header"]))

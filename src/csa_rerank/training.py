@@ -33,7 +33,7 @@ RECON_LOSSES = ("distance", "squared")
 CHECKPOINT_NAME = "checkpoint-last.pt"
 MODEL_NAME = "model.pt"
 LOG_NAME = "train_log.csv"
-# One row per epoch: the lr of its last iteration, the three losses averaged over its iterations, its duration.
+# One row per epoch: the lr of its last iteration, the losses averaged over its iterations, its duration.
 LOG_COLUMNS = ("epoch", "lr", "contrastive", "reconstruction", "total", "seconds", "samples_per_s")
 # The code's clamp of the squared distance between unit vectors, which bounds its square root to [0.01, 100].
 DISTANCE_CLAMP = (1e-4, 1e4)
@@ -185,7 +185,9 @@ def paper_preset() -> tuple[CSAConfig, TrainConfig]:
     contrastive loss without the query's own term."""
     return (
         CSAConfig(recon_head="mlp"),
-        TrainConfig(lr_rule="paper", clip_grad_norm=1.0, weight_decay=1e-5, recon_loss="squared", include_query=False),
+        TrainConfig(
+            lr_rule="paper", clip_grad_norm=1.0, weight_decay=1e-5, recon_loss="squared", include_query=False
+        ),
     )
 
 
