@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# profiles/default (one GPU job at a time) on a machine with an NVIDIA GPU, profiles/cpu otherwise
+PROFILE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),profiles/default,profiles/cpu)
 
 .PHONY: demo test lint unit clean-demo
 
@@ -15,7 +17,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml --replace-workflow-config all
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile $(PROFILE) --configfile configs/demo.yaml \
+		--replace-workflow-config all
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow/scripts

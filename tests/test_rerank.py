@@ -54,9 +54,7 @@ def test_affinity_feature_scores_give_1_to_a_copy_of_the_query():
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     query = db[[7]]
     ranks = torch.as_tensor(np.argsort(-(query @ db.T), axis=1))
-    scores = affinity_feature_scores(
-        build_test_affinity(torch.as_tensor(query), torch.as_tensor(db), ranks, 10, 6)
-    )
+    scores = affinity_feature_scores(build_test_affinity(torch.as_tensor(query), torch.as_tensor(db), ranks, 10, 6))
     assert scores.shape == (1, 10)
     assert scores[0, 0] == pytest.approx(1.0, abs=1e-6)  # the first candidate is db[7] itself
     assert np.all(scores[0, 1:] < 1.0 - 1e-4)

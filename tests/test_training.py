@@ -213,9 +213,7 @@ def test_training_samples_validation():
 # ---------------------------------------------------------------------------------------------------------
 # Training loop
 
-TINY_MODEL = CSAConfig(
-    anchors=16, hidden=32, heads=4, input_dropout=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0
-)
+TINY_MODEL = CSAConfig(anchors=16, hidden=32, heads=4, input_dropout=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
 TINY_TRAINING = TrainConfig(epochs=20, warmup_epochs=1, batch_size=32, lr=0.1, lr_rule="paper", K_train=16)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from csa_rerank.whitening import apply_whitening, learn_whitening
+from csa_rerank.whitening import apply_whitening, fit_post_whitening, learn_whitening
 
 
 @pytest.fixture
@@ -101,3 +101,33 @@ def test_pairs_must_be_non_empty_and_matching():
         learn_whitening(X, [], [])
     with pytest.raises(ValueError, match="got 2 and 1"):
         learn_whitening(X, [0, 1], [2])
+
+
+def test_centring_removes_the_shared_direction():
+    # descriptors = one common unit direction + small individual parts: cosines ~1 before, spread after
+    rng = np.random.default_rng(2)
+    common = np.zeros(16)
+    common[0] = 1.0
+    X = common + 0.01 * rng.standard_normal((50, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    params = fit_post_whitening("centre", X)
+    assert set(params) == {"mean"}
+    np.testing.assert_allclose(params["mean"], X.mean(axis=0))
+    Y = apply_whitening(X, params["mean"])
+    np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1.0, atol=1e-5)
+    expected = (X - X.mean(0)) / (np.linalg.norm(X - X.mean(0), axis=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(Y, expected, atol=1e-6)
+    assert (X @ X.T).min() > 0.99 and (Y @ Y.T).min() < 0
+
+
+def test_fit_post_whitening_learned_and_errors():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 4))
+    params = fit_post_whitening("learned", X, np.arange(0, 200, 2), np.arange(1, 200, 2))
+    m, P = learn_whitening(X, np.arange(0, 200, 2), np.arange(1, 200, 2))
+    np.testing.assert_allclose(params["mean"], m)
+    np.testing.assert_allclose(params["projection"], P)
+    with pytest.raises(ValueError, match="matching pairs"):
+        fit_post_whitening("learned", X)
+    with pytest.raises(ValueError, match="unknown post-whitening"):
+        fit_post_whitening("pca", X)

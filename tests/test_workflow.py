@@ -21,7 +21,10 @@ import pytest
 from csa_rerank import safe_pickle
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+SNAKEMAKE = [
+    sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+    "--workflow-profile", str(REPO / "profiles" / "cpu"),
+]  # fmt: skip
 CI_CONFIG = ["--configfile", str(REPO / "configs" / "ci.yaml"), "--replace-workflow-config"]
 
 

@@ -2,7 +2,8 @@
 
 Descriptors: one file per (dataset, network); datasets ``db`` [N, D] and ``query`` [Q, D] for test sets,
 ``db`` for distractors, ``train``/``val`` for the training set; float32, L2-normalised, rows in ``imlist`` /
-``qimlist`` / ``cids`` order; attributes name the network, image size and scales.
+``qimlist`` / ``cids`` order; attributes name the network, image size and scales.  With post-whitening, the
+training set's file also holds its learnt parameters ``whitening_mean`` [D] (and ``whitening_projection``).
 Rankings (``knn``): ``ranks`` [Q, N] int32 (the whole database, best first) and ``scores`` [Q, k] of the top k.
 Training neighbours: ``neighbours`` [N, k] int64, the image itself at position 0.
 Affinities: ``affinity`` [Q, K+1, L] float32 chunked one query per chunk, ``candidates`` [Q, K].

@@ -130,9 +130,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.drop_path_prob = drop_path_prob
         self.norm1 = nn.LayerNorm(config.hidden)
-        self.attn = SelfAttention(
-            config.hidden, config.heads, config.qkv_bias, config.attn_dropout, config.dropout
-        )
+        self.attn = SelfAttention(config.hidden, config.heads, config.qkv_bias, config.attn_dropout, config.dropout)
         self.norm2 = nn.LayerNorm(config.hidden)
         self.mlp = FeedForward(config.hidden, int(config.hidden * config.mlp_ratio), config.dropout)
 

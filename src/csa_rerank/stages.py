@@ -42,9 +42,15 @@ def extract(
     settings: dict,
     out_path: str,
     checkpoint: str | None = None,
+    whitening: str | None = None,
     use_gpu: bool = True,
 ) -> None:
-    """Descriptors of one dataset with one network (HDF5 contract in :mod:`csa_rerank.h5io`)."""
+    """Descriptors of one dataset with one network (HDF5 contract in :mod:`csa_rerank.h5io`).
+
+    With ``post_whitening`` in the network's spec, the training set's job learns it from the raw training
+    descriptors and stores its parameters (``whitening_mean``, ``whitening_projection``) beside them; every other
+    dataset's job reads them from that file (``whitening``) and applies them.
+    """
     from .extract import IMAGENET_MEAN, IMAGENET_STD, extract_descriptors, multiscale_power, pick_device
 
     net, mean, std = build_configured_network(network_spec, checkpoint)
@@ -76,8 +82,12 @@ def extract(
             arrays[split] = extract_descriptors(net, paths, desc=split, **common)
     else:
         raise ValueError(f"unknown dataset kind {kind!r}")
+    method = network_spec.get("post_whitening", "none")
+    if method != "none":
+        arrays.update(_post_whiten(method, network_spec.get("whitening_dims"), arrays, kind, listing, whitening))
     attrs = {
         "network": network_name,
+        "post_whitening": method,
         "arch": network_spec["arch"],
         "pooling": network_spec.get("pooling", "gem"),
         "image_size": settings["image_size"],
@@ -87,6 +97,24 @@ def extract(
     }
     h5io.write_arrays(out_path, arrays, attrs)
     log.info("wrote %s: %s", out_path, {k: v.shape for k, v in arrays.items()})
+
+
+def _post_whiten(method, dims, arrays, kind, listing, whitening_file) -> dict[str, np.ndarray]:
+    """Whitened descriptors (and, for the training set, the learnt parameters) replacing the raw ones."""
+    from .whitening import apply_whitening, fit_post_whitening
+
+    if kind == "training":
+        pairs = datasets.load_training_db(listing)["train"]
+        params = fit_post_whitening(method, arrays["train"], pairs.get("qidxs"), pairs.get("pidxs"))
+    else:
+        if whitening_file is None:
+            raise ValueError(f"post-whitening {method!r} needs the training set's descriptor file")
+        params = {"mean": h5io.read_array(whitening_file, "whitening_mean")}
+        if method == "learned":
+            params["projection"] = h5io.read_array(whitening_file, "whitening_projection")
+    out = {name: apply_whitening(x, params["mean"], params.get("projection"), dims) for name, x in arrays.items()}
+    log.info("post-whitening %s (dims %s) applied to %s", method, dims, list(arrays))
+    return {**out, **{f"whitening_{k}": v for k, v in params.items()}} if kind == "training" else out
 
 
 # --------------------------------------------------------------------------------------------------------------

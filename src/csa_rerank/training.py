@@ -185,9 +185,7 @@ def paper_preset() -> tuple[CSAConfig, TrainConfig]:
     contrastive loss without the query's own term."""
     return (
         CSAConfig(recon_head="mlp"),
-        TrainConfig(
-            lr_rule="paper", clip_grad_norm=1.0, weight_decay=1e-5, recon_loss="squared", include_query=False
-        ),
+        TrainConfig(lr_rule="paper", clip_grad_norm=1.0, weight_decay=1e-5, recon_loss="squared", include_query=False),
     )
 
 

@@ -39,9 +39,31 @@ def learn_whitening(X: np.ndarray, qidxs, pidxs) -> tuple[np.ndarray, np.ndarray
     return m, eigvec[:, order].T @ P1
 
 
-def apply_whitening(X: np.ndarray, m: np.ndarray, P: np.ndarray, dims: int | None = None) -> np.ndarray:
-    """Whitened, L2-normalised descriptors [N, dims or D] as float32."""
-    P = P if dims is None else P[:dims]
-    Y = (np.asarray(X, dtype=np.float64) - m) @ P.T
+def apply_whitening(X: np.ndarray, m: np.ndarray, P: np.ndarray | None = None, dims: int | None = None) -> np.ndarray:
+    """Whitened, L2-normalised descriptors [N, dims or D] as float32; ``P=None`` only centres on ``m``."""
+    Y = np.asarray(X, dtype=np.float64) - m
+    if P is not None:
+        Y = Y @ (P if dims is None else P[:dims]).T
     Y /= np.linalg.norm(Y, axis=1, keepdims=True) + 1e-6
     return Y.astype(np.float32)
+
+
+POST_WHITENING = ("none", "centre", "learned")
+
+
+def fit_post_whitening(method: str, X: np.ndarray, qidxs=None, pidxs=None) -> dict[str, np.ndarray]:
+    """Post-processing parameters learnt from training descriptors X [N, D].
+
+    ``learned`` is cirtorch's Lw above (needs the matching pairs); ``centre`` keeps only its first step, the
+    subtraction of the mean, which is what randomly initialised networks (the demo) need: their descriptors share
+    one dominant direction (pairwise cosines ~0.999), so their affinity vectors are nearly constant until it is
+    removed.  Returns ``{"mean": [D]}`` and, for ``learned``, ``{"projection": [D, D]}``.
+    """
+    if method == "centre":
+        return {"mean": np.asarray(X, dtype=np.float64).mean(axis=0)}
+    if method == "learned":
+        if qidxs is None or pidxs is None:
+            raise ValueError("learned whitening needs the training set's matching pairs (qidxs, pidxs)")
+        m, P = learn_whitening(X, qidxs, pidxs)
+        return {"mean": m, "projection": P}
+    raise ValueError(f"unknown post-whitening {method!r}; choose one of {', '.join(POST_WHITENING)}")

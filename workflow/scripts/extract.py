@@ -13,5 +13,6 @@ stages.extract(
     settings=snakemake.params.settings,
     out_path=snakemake.output[0],
     checkpoint=snakemake.input.get("checkpoint"),
+    whitening=snakemake.input.get("whitening"),
     use_gpu=snakemake.resources.get("gpu", 0) > 0,
 )
