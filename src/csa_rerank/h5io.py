@@ -7,7 +7,8 @@ training set's file also holds its learnt parameters ``whitening_mean`` [D] (and
 Rankings (``knn``): ``ranks`` [Q, N] int32 (the whole database, best first) and ``scores`` [Q, k] of the top k.
 Training neighbours: ``neighbours`` [N, k] int64, the image itself at position 0.
 Affinities: ``affinity`` [Q, K+1, L] float32 chunked one query per chunk, ``candidates`` [Q, K].
-Re-rankings: ``topk`` [Q, K] int64, the re-ordered top-K block (db indices).
+Re-rankings: ``topk`` [Q, K] int64, the re-ordered top-K block (db indices), and ``scores`` [Q, K], the new scores
+of the candidates in their first-round order.
 Every file is written to a temporary name and renamed when complete, so an interrupted job leaves nothing behind.
 """
 

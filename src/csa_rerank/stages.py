@@ -271,12 +271,8 @@ def train(
 def _write_rerank(out_path: str, candidates: np.ndarray, scores: np.ndarray, attrs: dict) -> None:
     from .rerank import rerank_topk
 
-    topk = rerank_topk(candidates, scores)
-    h5io.write_arrays(
-        out_path,
-        {"topk": topk, "scores": np.take_along_axis(scores, np.argsort(-scores, 1, kind="stable"), 1)},
-        attrs,
-    )
+    # scores stay in the first-round order of the candidates, beside the re-ordered block
+    h5io.write_arrays(out_path, {"topk": rerank_topk(candidates, scores), "scores": scores}, attrs)
 
 
 def rerank_affinity_feature(affinity_file: str, out_path: str) -> None:
