@@ -114,7 +114,8 @@ def test_centring_removes_the_shared_direction():
     assert set(params) == {"mean"}
     np.testing.assert_allclose(params["mean"], X.mean(axis=0))
     Y = apply_whitening(X, params["mean"])
-    np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1.0, atol=1e-5)
+    # unit norm up to cirtorch's 1e-6 added to the norm (relative 2.5e-5 here: centred norms are ~0.04)
+    np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1.0, atol=1e-4)
     expected = (X - X.mean(0)) / (np.linalg.norm(X - X.mean(0), axis=1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(Y, expected, atol=1e-6)
     assert (X @ X.T).min() > 0.99 and (Y @ Y.T).min() < 0

@@ -25,7 +25,8 @@ SNAKEMAKE = [
     sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
     "--workflow-profile", str(REPO / "profiles" / "cpu"),
 ]  # fmt: skip
-CI_CONFIG = ["--configfile", str(REPO / "configs" / "ci.yaml"), "--replace-workflow-config"]
+# --configfile takes further files: a test appends an overlay file to CI_CONFIG to change one value
+CI_CONFIG = ["--replace-workflow-config", "--configfile", str(REPO / "configs" / "ci.yaml")]
 
 
 def snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -121,13 +122,17 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
 
     # a re-ranker hyperparameter reruns training, re-ranking, evaluation and tables, not extraction/kNN/affinity
-    changed = snakemake(["-n", *CI_CONFIG, "--config", "training={recon_weight: 0.5}"], tmp_path)
+    overlay = tmp_path / "recon_weight.yaml"
+    overlay.write_text("training:\n  recon_weight: 0.5\n")
+    changed = snakemake(["-n", *CI_CONFIG, str(overlay)], tmp_path)
     jobs = planned_jobs(changed.stdout)
     assert jobs.get("train") == 3 and jobs.get("rerank_csa", 0) > 0 and jobs.get("table", 0) > 0, jobs
     assert not {"extract", "knn", "affinity", "train_neighbours"} & set(jobs), jobs
 
     # the image size reruns extraction and everything after it
-    changed = snakemake(["-n", *CI_CONFIG, "--config", "extraction={image_size: 48}"], tmp_path)
+    overlay = tmp_path / "image_size.yaml"
+    overlay.write_text("extraction:\n  image_size: 48\n")
+    changed = snakemake(["-n", *CI_CONFIG, str(overlay)], tmp_path)
     jobs = planned_jobs(changed.stdout)
     assert jobs.get("extract") == 6 and jobs.get("knn") == 4 and jobs.get("train") == 3, jobs
     assert "generate_demo_testset" not in jobs

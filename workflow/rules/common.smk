@@ -114,7 +114,10 @@ def extract_inputs(wildcards):
     spec = NETWORKS[wildcards.network]
     if spec.get("checkpoint"):
         inputs["checkpoint"] = spec["checkpoint"]
-    if spec.get("post_whitening", "none") != "none" and dataset_kind(wildcards.dataset) != "training":
+    if (
+        spec.get("post_whitening", "none") != "none"
+        and dataset_kind(wildcards.dataset) != "training"
+    ):
         # learnt by the training set's extraction job, stored in its descriptor file
         inputs["whitening"] = f"<results>/features/{TRAINSET}/{wildcards.network}.h5"
     return inputs
