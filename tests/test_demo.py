@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from csa_rerank import demo, safe_pickle
+from csa_rerank import datasets, demo, safe_pickle
 
 IMAGE_SIZE = 48  # tiny photos keep the tests fast; the formats do not depend on the size
 PHOTO_SIZE = (48, 36)
@@ -198,21 +198,20 @@ def test_training_images_live_where_cirtorch_looks(training_set):
     out, db = training_set
     cids = db["train"]["cids"] + db["val"]["cids"]
     assert _files(out) == sorted(
-        ["retrieval-SfM-120k.pkl"]
-        + [demo.image_path_for_cid(out / "ims", cid).relative_to(out).as_posix() for cid in cids]
+        ["retrieval-SfM-120k.pkl"] + [datasets.cid_path(out / "ims", cid).relative_to(out).as_posix() for cid in cids]
     )
     for cid in cids[:3]:
-        path = demo.image_path_for_cid(out / "ims", cid)
+        path = datasets.cid_path(out / "ims", cid)
         assert path.suffix == ""
         with Image.open(path) as img:
             assert img.format == "JPEG" and img.size == PHOTO_SIZE
 
 
-def test_image_path_for_cid():
-    path = demo.image_path_for_cid("ims", "0123456789abcdef")
+def test_cid_path():
+    path = datasets.cid_path("ims", "0123456789abcdef")
     assert path.as_posix() == "ims/ef/cd/ab/0123456789abcdef"
     with pytest.raises(ValueError, match="shorter than the 6 characters"):
-        demo.image_path_for_cid("ims", "abc")
+        datasets.cid_path("ims", "abc")
 
 
 def test_training_needs_pairs(tmp_path):

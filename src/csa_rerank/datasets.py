@@ -48,7 +48,9 @@ def distractor_image_paths(list_file: str | Path) -> list[Path]:
 
 
 def cid_path(ims_dir: str | Path, cid: str) -> Path:
-    """cirtorch's location of a retrieval-SfM-120k image."""
+    """cirtorch's location of a retrieval-SfM-120k image: ``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``."""
+    if len(cid) < 6:
+        raise ValueError(f"image id {cid!r} is shorter than the 6 characters cirtorch's layout needs")
     return Path(ims_dir) / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
 
 

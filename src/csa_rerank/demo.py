@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import safe_pickle
+from .datasets import cid_path
 
 # Independent random streams, so the test sets, the distractors and the training set never share a landmark.
 _STREAM_TEST, _STREAM_DISTRACTORS, _STREAM_TRAIN = 1, 2, 3
@@ -705,13 +706,6 @@ def generate_distractors(out_dir: str | Path, *, seed: int, n_images: int, image
     return paths
 
 
-def image_path_for_cid(ims_dir: str | Path, cid: str) -> Path:
-    """Where cirtorch keeps the rSfM120k image ``cid``: ``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``."""
-    if len(cid) < 6:
-        raise ValueError(f"image id {cid!r} is shorter than the 6 characters cirtorch's layout needs")
-    return Path(ims_dir) / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
-
-
 def generate_training_set(
     out_dir: str | Path,
     *,
@@ -726,7 +720,7 @@ def generate_training_set(
     Each cluster is one landmark (from a random stream no test set uses) photographed ``images_per_cluster``
     times, mostly easy.  The first ``n_clusters`` clusters form the ``train`` split, the next
     ``n_val_clusters`` the ``val`` split (a split by cluster, as cirtorch's).  Per split: ``cids``
-    (32-character hex image ids; the images are JPEGs without extension at :func:`image_path_for_cid`),
+    (32-character hex image ids; the images are JPEGs without extension at :func:`csa_rerank.datasets.cid_path`),
     ``cluster`` (cluster number per image), ``qidxs`` / ``pidxs`` (query / positive pairs of one cluster,
     indices into the split's ``cids``, as cirtorch's verified matches: every image in which the landmark is
     more than barely visible is a query once, its positive another such image).
@@ -755,7 +749,7 @@ def generate_training_set(
                 rng = _rng(seed, _STREAM_TRAIN, _SUB_VIEW, c, v)
                 pixels, info = _paint_photo(rng, site, kind, image_size)
                 cid = cids[c * images_per_cluster + v]
-                _atomic_save_jpeg(pixels, image_path_for_cid(out_dir / "ims", cid))
+                _atomic_save_jpeg(pixels, cid_path(out_dir / "ims", cid))
                 if _label(kind, info) != "junk":
                     matchable.append(members[v])
                 split_cids.append(cid)
