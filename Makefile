@@ -21,8 +21,8 @@ demo: $(STAMP)
 		--replace-workflow-config all
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests workflow/scripts
-	$(BIN)/ruff format --check src tests workflow/scripts
+	$(BIN)/ruff check src tests workflow/scripts benchmarks
+	$(BIN)/ruff format --check src tests workflow/scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile configs/demo.yaml --replace-workflow-config
 	$(BIN)/snakemake --lint
