@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csa_rerank.model import CSAConfig, CSAReranker, drop_path
+import csa_rerank.model as model_module
+from csa_rerank.model import CSAConfig, CSAReranker, drop_path, explicit_attention
 
 TINY = CSAConfig(anchors=16, hidden=32, depth=2, heads=4)
 
@@ -128,3 +129,31 @@ def test_dropout_acts_in_training_mode_only():
 def test_invalid_configs_are_rejected(changes):
     with pytest.raises(ValueError):
         CSAConfig(**changes)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 7 * 7 * 4, 2**30])  # one head, three heads, all at a time
+def test_explicit_attention_is_sdpa(monkeypatch, block_bytes):
+    monkeypatch.setattr(model_module, "ATTENTION_BLOCK_BYTES", block_bytes)
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(explicit_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    by_hand = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v
+    torch.testing.assert_close(explicit_attention(q, k, v), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_inference_on_cpu_uses_the_explicit_attention_and_matches_fp32(monkeypatch):
+    calls = []
+    monkeypatch.setattr(model_module, "explicit_attention", lambda *a: calls.append(1) or explicit_attention(*a))
+    model = tiny_model(depth=2).eval()
+    affinity = random_affinity(2, 33, 16)
+    with torch.no_grad():
+        fp32 = model.scores(affinity)
+        assert calls == []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.scores(affinity)
+    assert len(calls) == 2  # one per block
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=2e-2)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.scores(affinity)  # training mode keeps SDPA (attention dropout)
+    assert len(calls) == 2

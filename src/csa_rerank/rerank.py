@@ -63,12 +63,12 @@ def csa_scores(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # One autocast region for all batches: autocast caches the low-precision copies of the weights
+        # inside a region, so they are cast once, not once per batch.
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             for start in range(0, Q, batch_size):
                 chunk = affinity[start : start + batch_size].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    chunk_scores = model.scores(chunk)  # [b, K] float32
-                scores[start : start + batch_size] = chunk_scores.cpu().numpy()
+                scores[start : start + batch_size] = model.scores(chunk).cpu().numpy()  # [b, K] float32
     finally:
         model.train(was_training)
     return scores
