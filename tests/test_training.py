@@ -329,3 +329,74 @@ def test_training_with_the_papers_settings(synthetic_samples, tmp_path):
     log = pd.read_csv(tmp_path / "train_log.csv")
     assert np.all(np.isfinite(log[["contrastive", "reconstruction", "total"]].to_numpy()))
     assert load_model(model_path).config == model_config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data-parallel training (torchrun, gloo on the CPU) through the training stage
+
+
+def write_training_inputs(folder, n_images=96, clusters=8, dim=16, width=16):
+    """The training stage's inputs: a rSfM120k-style database pickle, descriptors and neighbour lists."""
+    import pickle
+
+    from csa_rerank import h5io
+
+    features, neighbours, cluster = clustered_features(n_images, clusters, dim, 1.0, width=width, seed=3)
+    db = {
+        split: {"cids": [f"{split}{i}" for i in range(n_images)], "cluster": cluster.tolist()}
+        for split in ("train", "val")
+    }
+    (folder / "db.pkl").write_bytes(pickle.dumps(db))
+    h5io.write_arrays(folder / "features.h5", {"train": features, "val": features})
+    h5io.write_arrays(folder / "neighbours.h5", {"train": neighbours, "val": neighbours})
+    return folder / "db.pkl", folder / "features.h5", folder / "neighbours.h5"
+
+
+def run_training_stage(inputs, out_dir, processes):
+    from csa_rerank import stages
+
+    db_file, features_file, neighbours_file = inputs
+    out_dir.mkdir()
+    reranker = asdict(replace(TINY_MODEL, attn_dropout=0.0))
+    training = {**asdict(replace(TINY_TRAINING, epochs=3, warmup_epochs=1, batch_size=16)), "code_world_size": 4}
+    training.pop("world_size")
+    return stages.train(
+        db_file=str(db_file),
+        feature_files=[str(features_file)],
+        neighbour_files=[str(neighbours_file)],
+        reranker=reranker,
+        training=training,
+        model_path=str(out_dir / "model.pt"),
+        summary_path=str(out_dir / "summary.json"),
+        log_csv=str(out_dir / "train_log.csv"),
+        curve_png=str(out_dir / "loss.png"),
+        use_gpu=False,
+        processes=processes,
+        threads=processes,
+    )
+
+
+@pytest.mark.e2e
+def test_two_gloo_processes_give_the_weights_of_one_process(tmp_path):
+    inputs = write_training_inputs(tmp_path)
+    single = run_training_stage(inputs, tmp_path / "one", processes=1)
+    double = run_training_stage(inputs, tmp_path / "two", processes=2)
+    assert (single["processes"], double["processes"]) == (1, 2)
+    assert single["n_samples"] == double["n_samples"] == 96
+
+    expected = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
+    actual = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
+    assert expected.keys() == actual.keys()
+    torch.manual_seed(TINY_TRAINING.seed)  # train() builds its model right after seeding: its initial weights
+    initial = CSAReranker(TINY_MODEL).state_dict()  # the weights moved, so the comparison is not vacuous
+    assert max((expected[name] - initial[name]).abs().max().item() for name in expected) > 1e-2
+    for name in expected:  # equal up to the rounding of a mean over 16 vs two means over 8
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5)
+    columns = ["epoch", "lr", "contrastive", "reconstruction", "total"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "two" / "train_log.csv")[columns],
+        pd.read_csv(tmp_path / "one" / "train_log.csv")[columns],
+        rtol=1e-5,
+    )
+    checkpoint = torch.load(tmp_path / "two" / "run" / "checkpoint-last.pt", weights_only=True)
+    assert len(checkpoint["rng"]) == 2  # each process's random state, for an exact resume

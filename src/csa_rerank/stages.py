@@ -222,17 +222,67 @@ def train(
     log_csv: str,
     curve_png: str,
     use_gpu: bool = True,
+    processes: int = 1,
+    threads: int = 1,
 ) -> dict:
     """Train one re-ranker on the training split's samples of one or several backbones.
 
-    The resumable state (last-epoch checkpoint, running log) lives in ``<model dir>/run/``, which Snakemake
-    does not delete before a rerun, so an interrupted job continues where it stopped.
+    With ``processes`` > 1 the training runs data-parallel in that many processes started with ``torchrun``
+    (one per GPU on CUDA, gloo processes sharing ``threads`` on the CPU); the result is the same up to float
+    rounding.  The resumable state (last-epoch checkpoint, running log) lives in ``<model dir>/run/``, which
+    Snakemake does not delete before a rerun, so an interrupted job continues where it stopped.
     """
     import shutil
 
+    from .training import plot_loss_curve
+
+    run_dir = Path(model_path).parent / "run"
+    settings = dict(
+        db_file=db_file,
+        feature_files=feature_files,
+        neighbour_files=neighbour_files,
+        reranker=reranker,
+        training=training,
+        run_dir=str(run_dir),
+        use_gpu=use_gpu,
+    )
+    start = time.perf_counter()
+    if processes > 1:
+        from .distributed import launch
+
+        launch(settings, processes, threads_per_process=max(1, threads // processes), log=log.info)
+        final = run_dir / "model.pt"
+        facts = json.loads((run_dir / "facts.json").read_text())
+    else:
+        final, facts = train_in_this_process(**settings)
+    seconds = time.perf_counter() - start
+    shutil.copyfile(final, model_path)
+    shutil.copyfile(run_dir / "train_log.csv", log_csv)
+    plot_loss_curve(log_csv, curve_png)
+    summary = {**facts, "processes": processes, "seconds_this_run": round(seconds, 2)}
+    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_in_this_process(
+    db_file: str,
+    feature_files: list[str],
+    neighbour_files: list[str],
+    reranker: dict,
+    training: dict,
+    run_dir: str,
+    use_gpu: bool = True,
+) -> tuple[Path, dict]:
+    """The training itself, in this process (alone, or as one process of a ``torch.distributed`` job).
+
+    Returns the path of the trained model (of the last checkpoint, for an unfinished run) and facts for the
+    summary; process 0 also writes these facts to ``run_dir/facts.json``.
+    """
+    import torch.distributed as dist
+
     from .extract import pick_device
     from .model import CSAConfig
-    from .training import TrainConfig, TrainingSamples, plot_loss_curve
+    from .training import TrainConfig, TrainingSamples
     from .training import train as run_training
 
     db = datasets.load_training_db(db_file)
@@ -245,25 +295,34 @@ def train(
     world_size = settings.pop("code_world_size", 1)
     train_config = TrainConfig(**settings, world_size=world_size)
     device = pick_device(use_gpu)
-    run_dir = Path(model_path).parent / "run"
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch_device_of_local_rank()
     log.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
-    start = time.perf_counter()
-    final = run_training(model_config, train_config, samples, run_dir, device, log=log.info)
-    seconds = time.perf_counter() - start
-    shutil.copyfile(final, model_path)
-    shutil.copyfile(run_dir / "train_log.csv", log_csv)
-    plot_loss_curve(log_csv, curve_png)
-    summary = {
+    # Progress bars only in a single process: from torchrun workers the epoch lines are the progress report.
+    distributed = dist.is_initialized()
+    final = run_training(model_config, train_config, samples, run_dir, device, log=log.info, progress=not distributed)
+    facts = {
         "n_samples": len(samples),
         "n_backbones": len(features),
         "n_images": int(len(clusters)),
         "n_clusters": int(len(np.unique(clusters))),
         "epochs": train_config.epochs,
         "device": str(device),
-        "seconds_this_run": round(seconds, 2),
     }
-    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    if not distributed or dist.get_rank() == 0:
+        (Path(run_dir) / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
+    return final, facts
+
+
+def torch_device_of_local_rank():
+    """The CUDA device torchrun assigned to this process (``LOCAL_RANK``), made the current one."""
+    import os
+
+    import torch
+
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Training of the CSA re-ranker: losses (Eq. 6-9), optimiser groups, learning-rate schedule, samples, loop.
 
 What the authors' code ran is the default of every setting; :func:`paper_preset` gives what the paper writes
-(the differences are listed in :mod:`csa_rerank.model`).  The loop is a single process (the authors used 4-GPU
-DDP with a global batch of 256; one process with batch 256 sees the same samples per step) and is resumable:
-the full state is saved after every epoch, so a run can be cut into several calls (``until_epoch``) or killed
-and restarted.
+(the differences are listed in :mod:`csa_rerank.model`).  The loop runs in one process or, started by
+``torchrun`` (see :mod:`csa_rerank.distributed`), data-parallel over several: every process draws the same
+shuffled order and takes its slice of each global batch, and DDP averages the gradients, so the update is the
+one of a single process with the whole batch (the authors ran 4-GPU DDP with a global batch of 256).  The loop
+is resumable: the full state is saved after every epoch, so a run can be cut into several calls
+(``until_epoch``) or killed and restarted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API needs no pyplot backend: it renders with Agg
 from tqdm.auto import tqdm
@@ -282,6 +285,26 @@ class TrainingSamples:
 # Training loop
 
 
+class _TrainingForward(torch.nn.Module):
+    """The model's two training outputs in one ``forward``, so that DDP sees every parameter used:
+    affinity [B, T, L] -> (z [B, T, d], reconstruction [B, T, L])."""
+
+    def __init__(self, model: CSAReranker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.model(affinity)
+        return z, self.model.reconstruct(z)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, number of processes) of the running ``torch.distributed`` job, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _rng_state(sampler: torch.Generator) -> dict:
     """All random states the loop consumes, as plain types / tensors (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
@@ -350,7 +373,8 @@ def train(
     progress: bool = True,
     until_epoch: int | None = None,
 ) -> Path:
-    """Train a CSA re-ranker; resumable.
+    """Train a CSA re-ranker; resumable, data-parallel when called in every process of a ``torch.distributed``
+    job.
 
     SGD with momentum on :func:`parameter_groups`, per-iteration :func:`warmup_cosine` learning rate, shuffled
     batches (drop_last) from a generator seeded with ``train_config.seed``, fp16 AMP on CUDA.  After every
@@ -358,6 +382,12 @@ def train(
     call finding a checkpoint saved with the same configurations continues from it, so a run killed or stopped
     early (``until_epoch``) and started again ends with the same weights as an uninterrupted one (bit-exact on
     CPU).
+
+    With P processes, process r computes samples [r B/P, (r+1) B/P) of each global batch of B and DDP averages
+    the gradients; the losses are means over samples, so this is the single-process update up to float
+    rounding.  Dropout draws differ (each process has its own stream, seeded with ``seed + r``), so with
+    dropout the two runs are equal in distribution only.  Process 0 writes the files; every process returns
+    the same path.
 
     Args:
         samples: moved to ``device`` (in place) before the first batch.
@@ -371,12 +401,23 @@ def train(
     checkpoint_path, log_csv = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     configs = {"model_config": asdict(model_config), "train_config": asdict(train_config)}
 
+    rank, processes = _process_group()
+    if train_config.batch_size % processes != 0:
+        raise ValueError(f"batch_size={train_config.batch_size} is not divisible by {processes} processes")
+    local_batch = train_config.batch_size // processes
+
     random.seed(train_config.seed)
     np.random.seed(train_config.seed)
     torch.manual_seed(train_config.seed)
-    sampler = torch.Generator().manual_seed(train_config.seed)
+    sampler = torch.Generator().manual_seed(train_config.seed)  # the same batch order in every process
 
-    model = CSAReranker(model_config).to(device)
+    model = CSAReranker(model_config).to(device)  # the same initial weights in every process
+    torch.manual_seed(train_config.seed + rank)  # but a dropout stream of its own
+    forward = _TrainingForward(model)
+    if processes > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
     groups = parameter_groups(model, train_config.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=0.0, momentum=train_config.momentum, nesterov=False)
     use_amp = train_config.amp and device.type == "cuda"
@@ -400,12 +441,22 @@ def train(
             if checkpoint["scaler"]:  # empty when saved without AMP
                 scaler.load_state_dict(checkpoint["scaler"])
             start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-            _set_rng_state(checkpoint["rng"], sampler)
-            _truncate_log(log_csv, start_epoch)
+            rng_states = checkpoint["rng"]
+            if len(rng_states) == processes:
+                _set_rng_state(rng_states[rank], sampler)
+            else:  # the batches stay those of an uninterrupted run; only the dropout draws change
+                _set_rng_state(rng_states[0], sampler)
+                torch.manual_seed(train_config.seed + rank + 1000 * start_epoch)
+                log(
+                    f"{checkpoint_path} was saved by {len(rng_states)} processes, resuming with {processes}: "
+                    "dropout random streams are re-seeded, so weights will differ from an uninterrupted run"
+                )
+            if rank == 0:
+                _truncate_log(log_csv, start_epoch)
             log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
         else:
             log(f"{checkpoint_path} was saved with other configurations; starting from scratch")
-    if start_epoch == 0:
+    if start_epoch == 0 and rank == 0:
         log_csv.unlink(missing_ok=True)
 
     samples = samples.to(device)
@@ -416,16 +467,15 @@ def train(
         started = time.perf_counter()
         order = torch.randperm(len(samples), generator=sampler)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # contrastive, reconstruction, total
-        bar = tqdm(range(steps_per_epoch), f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress)
+        bar = tqdm(range(steps_per_epoch), f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress or rank > 0)
         for i in bar:
             lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, warmup_lr, final_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids = order[i * train_config.batch_size : (i + 1) * train_config.batch_size]
-            affinity, labels = samples.batch(ids, K, L, device)
+            first = i * train_config.batch_size + rank * local_batch
+            affinity, labels = samples.batch(order[first : first + local_batch], K, L, device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                z = model(affinity)
-                recon = model.reconstruct(z)
+                z, recon = forward(affinity)
             contrastive = contrastive_loss(z, labels, model_config.temperature, train_config.include_query)
             reconstruction = reconstruction_loss(affinity, recon, train_config.recon_loss)
             loss = contrastive + train_config.recon_weight * reconstruction
@@ -446,6 +496,9 @@ def train(
             if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
                 bar.set_postfix(loss=f"{sums[2].item() / (i + 1):.4f}", lr=f"{lr:.2e}")
 
+        if processes > 1:  # log the means over the global batches
+            dist.all_reduce(sums)
+            sums /= processes
         seconds = time.perf_counter() - started
         means = (sums / steps_per_epoch).tolist()
         row = {
@@ -457,19 +510,26 @@ def train(
             "seconds": seconds,
             "samples_per_s": steps_per_epoch * train_config.batch_size / seconds,
         }
-        _append_log(log_csv, row)
-        _save_atomically(
-            {
-                "configs": configs,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "rng": _rng_state(sampler),
-            },
-            checkpoint_path,
-        )
+        rng_states = [_rng_state(sampler)]
+        if processes > 1:
+            rng_states = [None] * processes
+            dist.all_gather_object(rng_states, _rng_state(sampler))
+        if rank == 0:
+            _append_log(log_csv, row)
+            _save_atomically(
+                {
+                    "configs": configs,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "rng": rng_states,  # one entry per process
+                },
+                checkpoint_path,
+            )
+        if processes > 1:
+            dist.barrier()  # the checkpoint is complete before any process goes on (or returns)
         log(
             f"epoch {epoch + 1}/{train_config.epochs}: loss {means[2]:.4f} (contrastive {means[0]:.4f}, "
             f"reconstruction {means[1]:.4f}), lr {lr:.3e}, {seconds:.1f} s"
@@ -478,9 +538,12 @@ def train(
     if stop_epoch < train_config.epochs:
         return checkpoint_path
     model_path = out_dir / MODEL_NAME
-    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    _save_atomically({"config": asdict(model_config), "state_dict": state_dict}, model_path)
-    log(f"wrote {model_path}")
+    if rank == 0:
+        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        _save_atomically({"config": asdict(model_config), "state_dict": state_dict}, model_path)
+        log(f"wrote {model_path}")
+    if processes > 1:
+        dist.barrier()
     return model_path
 
 

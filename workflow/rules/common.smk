@@ -157,6 +157,11 @@ def reranker_config(wildcards):
     return {**config["reranker"], "anchors": MODELS[wildcards.model]["anchors"]}
 
 
+def training_hyperparameters():
+    """config["training"] without its process count, which does not change the result (no rerun trigger)."""
+    return {key: value for key, value in config["training"].items() if key != "processes"}
+
+
 def evaluation(testset, network, reranker=None, K=None, L=None):
     """Path of the evaluation JSON of one (test set, network, re-ranker, K, L)."""
     if reranker is None:

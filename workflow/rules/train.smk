@@ -23,9 +23,9 @@ rule train:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=config["training"]["processes"],
     params:
         reranker=reranker_config,
-        training=config["training"],
+        training=training_hyperparameters(),
     script:
         "../scripts/train.py"

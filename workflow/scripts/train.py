@@ -15,4 +15,8 @@ stages.train(
     log_csv=snakemake.output.log_csv,
     curve_png=snakemake.output.curve,
     use_gpu=snakemake.resources.get("gpu", 0) > 0,
+    # Read from the config, not a param: the number of processes does not change the result, so changing it
+    # must not retrain.
+    processes=snakemake.config["training"]["processes"],
+    threads=snakemake.threads,
 )
