@@ -200,6 +200,20 @@ def test_training_samples_of_two_backbones_against_numpy(K, L):
         assert labels[row, 0]
 
 
+def test_training_samples_restricted_to_some_queries():
+    first = clustered_features(6, 2, 5, 0.5, width=5, seed=0)
+    second = clustered_features(5, 2, 5, 0.5, width=4, seed=1)
+    samples = TrainingSamples(*zip(first, second, strict=True), queries=[[4, 1], [3]])
+    assert len(samples) == 3
+    affinity, labels = samples.batch(torch.tensor([2, 0, 1]), 3, 4, "cpu")
+    for row, (features, neighbours, cluster, image) in enumerate([(*second, 3), (*first, 4), (*first, 1)]):
+        tokens, anchors = neighbours[image, :3], neighbours[image, :4]
+        np.testing.assert_allclose(affinity[row].numpy(), features[tokens] @ features[anchors].T, rtol=1e-6)
+        np.testing.assert_array_equal(labels[row].numpy(), cluster[tokens] == cluster[image])
+    with pytest.raises(ValueError, match="query indices outside"):
+        TrainingSamples(*zip(first, strict=True), queries=[[6]])
+
+
 def test_training_samples_validation():
     features, neighbours, cluster = clustered_features(6, 2, 5, 0.5, width=3, seed=0)
     with pytest.raises(ValueError, match="outside"):

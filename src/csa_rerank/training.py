@@ -199,15 +199,17 @@ def paper_preset() -> tuple[CSAConfig, TrainConfig]:
 class TrainingSamples:
     """Training samples of one or several backbones (the paper's data augmentation: their union).
 
-    Sample ``s`` of backbone ``b`` is image ``s - offset_b`` described with backbone ``b``'s features; its
-    tokens are its first K neighbours and its anchors its first L neighbours under that backbone (position 0 =
-    itself).
+    A sample is a query image described with one backbone's features: its tokens are its first K neighbours
+    and its anchors its first L neighbours under that backbone (position 0 = itself).  By default every image
+    of every backbone is a query (as in the authors' code); ``queries`` restricts that, e.g. to the labelled
+    images of a partly labelled database, whose other images still appear as (negative) neighbours.
 
     Args:
         features: per backbone, [N, D] float32 unit-norm descriptors (same D for all backbones).
         neighbours: per backbone, [N, >= max(K, L)] int64 neighbour lists of that backbone, position 0 = the
             image itself.
         clusters: per backbone, [N] cluster id of each image (positives share the query's cluster).
+        queries: per backbone, the indices of the images used as queries; None = all.
     """
 
     def __init__(
@@ -215,10 +217,15 @@ class TrainingSamples:
         features: Sequence[torch.Tensor | np.ndarray],
         neighbours: Sequence[torch.Tensor | np.ndarray],
         clusters: Sequence[torch.Tensor | np.ndarray],
+        queries: Sequence[torch.Tensor | np.ndarray] | None = None,
     ):
         if not (len(features) == len(neighbours) == len(clusters) >= 1):
             raise ValueError("give features, neighbours and clusters for the same (>= 1) number of backbones")
-        all_features, all_neighbours, all_clusters = [], [], []
+        if queries is None:
+            queries = [torch.arange(len(feats)) for feats in features]
+        if len(queries) != len(features):
+            raise ValueError(f"queries are given for {len(queries)} backbones, features for {len(features)}")
+        all_features, all_neighbours, all_clusters, all_queries = [], [], [], []
         offset = 0
         for b, (feats, neigh, clust) in enumerate(zip(features, neighbours, clusters, strict=True)):
             feats = torch.as_tensor(feats, dtype=torch.float32)
@@ -234,23 +241,29 @@ class TrainingSamples:
                 raise ValueError(f"backbone {b}: neighbour indices outside [0, {n})")
             if all_features and feats.shape[1] != (dim := all_features[0].shape[1]):
                 raise ValueError(f"backbone {b}: {feats.shape[1]}-d descriptors, backbone 0 has {dim}-d")
+            query = torch.as_tensor(queries[b], dtype=torch.int64)
+            if query.numel() and (query.min() < 0 or query.max() >= n):
+                raise ValueError(f"backbone {b}: query indices outside [0, {n})")
             all_features.append(feats)
             all_neighbours.append(neigh + offset)  # rows of the concatenated feature matrix
             all_clusters.append(clust)
+            all_queries.append(query + offset)
             offset += n
         self.features = torch.cat(all_features)  # [sum N, D]
         width = min(n.shape[1] for n in all_neighbours)  # cut longer lists to a common width to stack them
         self.neighbours = torch.cat([n[:, :width] for n in all_neighbours])  # [sum N, width]
         self.clusters = torch.cat(all_clusters)  # [sum N]
+        self.queries = torch.cat(all_queries)  # [number of samples], rows of the concatenated images
 
     def __len__(self) -> int:
-        return self.features.shape[0]
+        return self.queries.shape[0]
 
     def to(self, device: torch.device | str) -> TrainingSamples:
         """Move the stored tensors to ``device`` (in place; returns self), so batches are gathered there."""
         self.features = self.features.to(device)
         self.neighbours = self.neighbours.to(device)
         self.clusters = self.clusters.to(device)
+        self.queries = self.queries.to(device)
         return self
 
     def batch(
@@ -271,7 +284,7 @@ class TrainingSamples:
         width = max(K, L)
         if self.neighbours.shape[1] < width:
             raise ValueError(f"neighbour lists have {self.neighbours.shape[1]} columns, max(K, L) = {width}")
-        rows = self.neighbours[sample_ids.to(self.neighbours.device), :width]  # [B, width]
+        rows = self.neighbours[self.queries[sample_ids.to(self.queries.device)], :width]  # [B, width]
         labels = self.clusters[rows[:, :K]] == self.clusters[rows[:, :1]]  # [B, K]
         # Gather the descriptors where they are stored, move only those, and build the affinity on the device.
         descriptors = self.features[rows].to(device)  # [B, width, D]
