@@ -18,12 +18,14 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/knn.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/rerank.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -7,13 +7,29 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision
 import torchvision.transforms as T
 from PIL import Image
 from torch import nn
 
 from csa_rerank import extract, networks
 from csa_rerank.extract import ImageReadError, extract_descriptors, load_image, multiscale_descriptor
-from csa_rerank.networks import GeM, RetrievalNet, build_network, gem, l2n, load_cirtorch_network, mac, spoc
+from csa_rerank.networks import (
+    RMAC,
+    GeM,
+    RetrievalNet,
+    body_state_dict,
+    build_network,
+    gem,
+    l2n,
+    load_body_checkpoint,
+    load_cirtorch_network,
+    mac,
+    rmac,
+    rmac_regions,
+    safe_torch_load,
+    spoc,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -64,6 +80,104 @@ def test_l2n():
     # cirtorch adds eps to the norm: 3 / (5 + 1e-6)
     assert out[0].tolist() == pytest.approx([3 / (5 + 1e-6), 4 / (5 + 1e-6)], abs=1e-15)
     assert out[1].tolist() == [0.0, 0.0]  # no NaN for a zero vector
+
+
+# R-MAC: regions as (top, left, side), worked out by hand from the rules in rmac_regions' docstring.
+
+
+def test_rmac_regions_of_a_square_map():
+    # 3 x 3: no extra positions.  Level 1: side floor(2*3/2) = 3, the whole map.  Level 2: side floor(6/3) = 2 on a
+    # 2 x 2 grid, starts 0 and 3 - 2 = 1.  Level 3: side floor(6/4) = 1 on a 3 x 3 grid, starts 0, 1, 2.
+    level1 = [(0, 0, 3)]
+    level2 = [(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2)]
+    level3 = [(t, x, 1) for t in range(3) for x in range(3)]
+    assert rmac_regions(3, 3) == level1 + level2 + level3
+    assert rmac_regions(3, 3, levels=2) == level1 + level2
+    # 1 x 1: level 1 is the pixel; levels 2 and 3 have side floor(2/3) = floor(2/4) = 0 and are skipped
+    assert rmac_regions(1, 1) == [(0, 0, 1)]
+
+
+def test_rmac_regions_of_a_landscape_and_a_portrait_map():
+    # 2 x 3: min 2, max 3.  s regions of side 2 along the width overlap by 1 - (3-2)/((s-1)*2): 0.5 for s = 2,
+    # 0.75 for s = 3, ... -> s = 2 is closest to 0.4: one extra position along the width.
+    # Level 1: side 2; tops [0]; lefts: 2 positions, spacing (3-2)/1 = 1 -> [0, 1].
+    # Level 2: side floor(4/3) = 1; tops: 2 positions, spacing 1 -> [0, 1]; lefts: 3 positions -> [0, 1, 2].
+    # Level 3: side 1; tops: 3 positions, spacing (2-1)/2 = 0.5 -> floor(0, 0.5, 1) = [0, 0, 1];
+    #          lefts: 4 positions, spacing 2/3 -> floor(0, 0.67, 1.33, 2) = [0, 0, 1, 2] (duplicates are kept).
+    expected = [(0, 0, 2), (0, 1, 2)]
+    expected += [(t, x, 1) for t in (0, 1) for x in (0, 1, 2)]
+    expected += [(t, x, 1) for t in (0, 0, 1) for x in (0, 0, 1, 2)]
+    assert rmac_regions(2, 3) == expected
+    # a portrait map gets the transposed layout
+    assert sorted(rmac_regions(3, 2)) == sorted((x, t, side) for t, x, side in expected)
+
+
+def test_rmac_regions_of_a_realistic_map():
+    # a 1024 x 768 image gives a 32 x 24 ResNet map (W x H): s = 2 (overlap 1 - 8/24 = 0.67; s = 3 gives 0.83)
+    regions = rmac_regions(24, 32)
+    by_level = {side: [(t, x) for t, x, sd in regions if sd == side] for side in (24, 16, 12)}
+    assert len(regions) == 2 + 6 + 12
+    assert by_level[24] == [(0, 0), (0, 8)]
+    assert by_level[16] == [(t, x) for t in (0, 8) for x in (0, 8, 16)]
+    # level 3: side 12, lefts spaced (32 - 12)/3 = 6.67 and rounded down: 0, 6, 13, 20
+    assert by_level[12] == [(t, x) for t in (0, 6, 12) for x in (0, 6, 13, 20)]
+    # every region lies inside the map
+    assert all(t + sd <= 24 and x + sd <= 32 for t, x, sd in regions)
+
+
+def test_rmac_regions_break_ties_in_float32_as_cirtorch():
+    # 5 x 9: s = 2 and s = 3 tie exactly (overlaps 1 - 4/5 = 0.2 and 1 - 2/5 = 0.6, both 0.2 from 0.4); cirtorch's
+    # float32 arithmetic keeps s = 2 (float64 would pick 3): two level-1 regions of side 5, at 0 and 9 - 5 = 4
+    assert [r for r in rmac_regions(5, 9) if r[2] == 5] == [(0, 0, 5), (0, 4, 5)]
+
+
+def _l2(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / (np.linalg.norm(v) + 1e-6)
+
+
+def test_rmac_by_hand_on_a_square_map():
+    # channel 0 is 3 at (0, 0), channel 1 is 4 at (1, 1), zeros elsewhere
+    x = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
+    x[0, 0, 0, 0], x[0, 1, 1, 1] = 3.0, 4.0
+    # global MAC (3, 4) -> (0.6, 0.8); level 1 (the whole map) again (0.6, 0.8);
+    # level 2: [0:2, 0:2] sees both -> (0.6, 0.8); the three others see only (1, 1) -> (0, 1) each;
+    # level 3: pixel (0, 0) -> (1, 0), pixel (1, 1) -> (0, 1), the seven others are zero (and stay zero).
+    # Sum: 3 x (0.6, 0.8) + 3 x (0, 1) + (1, 0) + (0, 1) = (2.8, 6.4)
+    assert rmac(x)[0].tolist() == pytest.approx([2.8, 6.4], abs=1e-5)
+    # the same sum written with cirtorch's eps in every normalisation
+    expected = 3 * _l2([3, 4]) + 3 * _l2([0, 4]) + _l2([3, 0]) + _l2([0, 4])
+    np.testing.assert_allclose(rmac(x)[0].numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_rmac_by_hand_on_non_square_maps():
+    # 2 x 3 map: channel 0 is 3 at (0, 0), channel 1 is 4 at (0, 2)
+    x = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
+    x[0, 0, 0, 0], x[0, 1, 0, 2] = 3.0, 4.0
+    # global (0.6, 0.8); level 1: columns 0-1 -> (1, 0), columns 1-2 -> (0, 1);
+    # level 2 (six pixels): (0, 0) -> (1, 0), (0, 2) -> (0, 1);
+    # level 3: tops [0, 0, 1] x lefts [0, 0, 1, 2]: pixel (0, 0) 2 x 2 = 4 times, pixel (0, 2) 2 x 1 = 2 times.
+    # Sum: (0.6 + 1 + 1 + 4, 0.8 + 1 + 1 + 2) = (6.6, 4.8)
+    assert rmac(x)[0].tolist() == pytest.approx([6.6, 4.8], abs=1e-5)
+    # the transposed (portrait) map has the transposed regions: the same descriptor
+    torch.testing.assert_close(rmac(x.transpose(-1, -2).contiguous()), rmac(x))
+    # every image of a batch is pooled on its own
+    batch = torch.cat([x, torch.zeros_like(x), 2 * x])
+    out = rmac(batch)
+    torch.testing.assert_close(out[0], rmac(x)[0])
+    assert out[1].abs().max() == 0
+    torch.testing.assert_close(out[2], out[0], rtol=0, atol=1e-5)  # scale-invariant up to eps: terms are unit
+
+
+def test_rmac_module_and_network():
+    pool = RMAC()
+    assert repr(pool) == "RMAC(levels=3, overlap=0.4, eps=1e-06)" and not list(pool.parameters())
+    x = torch.rand(2, 4, 5, 7, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pool(x), rmac(x))
+    net = _tiny_net(RMAC())
+    images = torch.randn(2, 3, 6, 9, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(net(images), l2n(rmac(net.features(images))))
+    assert extract.multiscale_power(net) == 1.0  # cirtorch: msp = p only for GeM
 
 
 def test_gem_module():
@@ -353,8 +467,8 @@ def test_build_network_is_reproducible_and_leaves_the_global_rng_alone(resnet50_
 def test_build_network_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown architecture 'resnet18'"):
         build_network("resnet18")
-    with pytest.raises(ValueError, match="unknown pooling 'rmac'"):
-        build_network("resnet50", "rmac")
+    with pytest.raises(ValueError, match="unknown pooling 'crow'"):
+        build_network("resnet50", "crow")
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +532,129 @@ def test_load_cirtorch_network_rejects_files_that_are_not_checkpoints(tmp_path):
     torch.save({"meta": {"architecture": "resnet50"}}, no_state)
     with pytest.raises(RuntimeError, match="meta_only.pth: not a cirtorch checkpoint"):
         load_cirtorch_network(no_state, "resnet50")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# off-the-shelf networks: ImageNet bodies in cirtorch's and torchvision's layouts
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_body_checkpoint_in_cirtorchs_features_layout(tmp_path, resnet50_seed0):
+    # imagenet-caffe-resnet101-features-10a101d.pth is the state_dict of cirtorch's net.features: "0.weight",
+    # "1.running_mean", ..., "7.2.conv3.weight"; files of torch < 0.4.1 have no num_batches_tracked counters
+    body = resnet50_seed0.features.state_dict()
+    assert "0.weight" in body and "7.2.bn3.running_var" in body
+    path = tmp_path / "imagenet-caffe-resnet50-features-test.pth"
+    torch.save({k: v for k, v in body.items() if not k.endswith("num_batches_tracked")}, path)
+    net = load_body_checkpoint(path, "resnet50", "rmac")
+    assert isinstance(net.pool, RMAC) and net.whiten is None and net.dim == 2048
+    loaded = {k: v for k, v in net.features.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert _same_weights(loaded, {k: v for k, v in body.items() if not k.endswith("num_batches_tracked")})
+    x = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), l2n(rmac(resnet50_seed0.features(x))))
+    # any pooling: GeM with the configured exponent
+    gem_net = load_body_checkpoint(path, "resnet50", "gem", gem_p=3.0)
+    assert gem_net.pool.p.item() == 3.0 and extract.multiscale_power(gem_net) == 3.0
+
+
+def test_body_checkpoint_in_torchvisions_layout_and_from_a_cirtorch_checkpoint(tmp_path, cirtorch_checkpoint):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        tv = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "resnet50-torchvision.pth"
+    torch.save(tv.state_dict(), path)  # conv1, bn1, layer1..4, fc
+    net = load_body_checkpoint(path, "resnet50", "mac")
+    assert torch.equal(net.features[0].weight, tv.conv1.weight)
+    assert torch.equal(net.features[1].running_mean, tv.bn1.running_mean)
+    assert torch.equal(net.features[7][2].conv3.weight, tv.layer4[2].conv3.weight)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    body = nn.Sequential(*list(tv.children())[:-2]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), l2n(mac(body(x))))
+    # a whole cirtorch checkpoint: its features.* make the body; its pool.p and whiten.* are not used
+    ckpt_path, original, _ = cirtorch_checkpoint
+    net = load_body_checkpoint(ckpt_path, "resnet50", "gem", gem_p=3.0)
+    assert _same_weights(net.features.state_dict(), original.features.state_dict())
+    assert net.pool.p.item() == 3.0 and net.whiten is None
+
+
+def test_body_state_dict_key_layouts():
+    t = torch.zeros(1)
+    # VGG16: cirtorch's feature file is used as it is; torchvision's features.* lose the prefix, classifier goes
+    assert body_state_dict({"0.weight": t, "28.bias": t}, "vgg16").keys() == {"0.weight", "28.bias"}
+    tv_vgg = {"features.0.weight": t, "features.28.bias": t, "classifier.6.weight": t}
+    assert body_state_dict(tv_vgg, "vgg16").keys() == {"0.weight", "28.bias"}
+    # ResNet: torchvision's children by name -> their index in the body
+    tv_resnet = {"conv1.weight": t, "bn1.running_var": t, "layer1.0.conv1.weight": t, "layer4.2.bn3.bias": t,
+                 "fc.weight": t, "fc.bias": t}  # fmt: skip
+    assert body_state_dict(tv_resnet, "resnet101").keys() == {"0.weight", "1.running_var", "4.0.conv1.weight",
+                                                               "7.2.bn3.bias"}  # fmt: skip
+    # cirtorch network keys: features.* kept, pooling and whitening dropped, strangers kept for the strict check
+    mixed = {"features.0.weight": t, "pool.p": t, "whiten.weight": t, "stranger": t}
+    assert body_state_dict(mixed, "resnet50").keys() == {"0.weight", "stranger"}
+
+
+def test_body_checkpoint_errors_name_the_file(tmp_path, resnet50_seed0):
+    path = tmp_path / "resnet50-body.pth"
+    torch.save(resnet50_seed0.features.state_dict(), path)
+    with pytest.raises(ValueError, match="does not hold a resnet101 body") as info:
+        load_body_checkpoint(path, "resnet101", "gem")  # resnet50's layer3 has 6 blocks, resnet101's 23
+    assert str(path) in str(info.value)
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in resnet50_seed0.features.state_dict().items() if not k.startswith("7.")}, partial)
+    with pytest.raises(ValueError, match=r"partial.pth: does not hold a resnet50 body: missing \['7\.0\."):
+        load_body_checkpoint(partial, "resnet50")
+    with pytest.raises(FileNotFoundError, match="absent.pth: an ImageNet body checkpoint not found"):
+        load_body_checkpoint(tmp_path / "absent.pth", "resnet50")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"<html>404</html>")
+    with pytest.raises(RuntimeError, match="garbage.pth: cannot load as an ImageNet body checkpoint"):
+        load_body_checkpoint(garbage, "resnet50")
+    not_weights = tmp_path / "not_weights.pth"
+    torch.save({"epoch": 3}, not_weights)
+    with pytest.raises(RuntimeError, match="not_weights.pth: not a state_dict of tensors"):
+        load_body_checkpoint(not_weights, "resnet50")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# numpy arrays in checkpoint meta (precomputed whitening of old cirtorch checkpoints), weights_only=True
+
+
+def _checkpoint_with_numpy_meta(path, numpy1_names: bool):
+    """A cirtorch-like checkpoint whose meta holds numpy arrays; ``numpy1_names`` rewrites the pickle's module
+    names to numpy 1's (numpy.core.multiarray), as in checkpoints written before numpy 2."""
+    lw = {"m": np.arange(3, dtype=np.float64).reshape(3, 1), "P": np.eye(3, dtype=np.float32) * 2}
+    meta = {"architecture": "resnet101", "Lw": {"retrieval-SfM-120k": {"ss": lw, "ms": lw}}, "p": np.float64(2.5)}
+    torch.save({"meta": meta, "state_dict": {"pool.p": torch.ones(1)}}, path, _use_new_zipfile_serialization=False)
+    if numpy1_names:
+        data = path.read_bytes()  # protocol 2: module names are plain text lines
+        assert b"numpy._core.multiarray" in data
+        path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    return meta
+
+
+@pytest.mark.parametrize("numpy1_names", [False, True])
+def test_safe_torch_load_admits_numeric_numpy_arrays(tmp_path, numpy1_names):
+    path = tmp_path / "old.pth"
+    meta = _checkpoint_with_numpy_meta(path, numpy1_names)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, weights_only=True)  # plain weights_only refuses numpy arrays
+    loaded = safe_torch_load(path)["meta"]
+    entry = loaded["Lw"]["retrieval-SfM-120k"]["ms"]
+    np.testing.assert_array_equal(entry["m"], meta["Lw"]["retrieval-SfM-120k"]["ms"]["m"])
+    assert entry["P"].dtype == np.float32 and entry["P"][1, 1] == 2
+    assert loaded["p"] == 2.5
+
+
+def test_safe_torch_load_still_refuses_code(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"meta": {"f": np.array([print], dtype=object)}}, path)  # an object array names a callable
+    with pytest.raises(RuntimeError, match="evil.pth: cannot load as a checkpoint with weights_only=True"):
+        safe_torch_load(path)
 
 
 def test_real_photos_with_query_crops_match_a_straightforward_computation(

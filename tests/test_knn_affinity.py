@@ -9,6 +9,11 @@ import torch
 from csa_rerank import affinity, knn
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(torch_single_thread):
+    """One intra-op thread: the CPU is shared."""
+
+
 def _brute_force(queries: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores in float64 and ids by descending score, equal scores by ascending index (stable sort)."""
     sims = queries.astype(np.float64) @ db.astype(np.float64).T
@@ -30,10 +35,10 @@ def _integer_data(seed: int, n_q: int, n_db: int, dim: int) -> tuple[np.ndarray,
 
 
 @pytest.mark.parametrize("k", [1, 7, 40, 80])
-@pytest.mark.parametrize("block", [1, 3, 1024])
-def test_search_equals_brute_force_with_many_ties(k, block):
+@pytest.mark.parametrize("tiles", [(1, 1), (3, 7), (1024, 1024)])
+def test_search_equals_brute_force_with_many_ties(k, tiles):
     queries, db = _integer_data(0, n_q=9, n_db=80, dim=3)
-    scores, ids = knn.search(queries, db, k, block=block)
+    scores, ids = knn.search(queries, db, k, tiles=tiles)
     ref_scores, ref_ids = _brute_force(queries, db, k)
     assert scores.dtype == np.float32 and ids.dtype == np.int64
     assert scores.shape == ids.shape == (9, k)
@@ -64,15 +69,15 @@ def test_ties_straddling_the_k_boundary_keep_the_lower_indices(case):
     np.testing.assert_array_equal(ids, _brute_force(queries, db, k)[1])
 
 
-def test_search_with_float_data_is_block_independent():
+def test_search_with_float_data_is_tile_independent():
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((13, 16)).astype(np.float32)
     db = rng.standard_normal((200, 16)).astype(np.float32)
     ref_scores, ref_ids = _brute_force(queries, db, 25)
-    for block in (1, 4, 13, 1000):
-        scores, ids = knn.search(queries, db, 25, block=block)
+    for tiles in ((1, 1), (4, 30), (13, 200), (1000, 1000)):
+        scores, ids = knn.search(queries, db, 25, tiles=tiles)
         # no near ties in this data, so the order is fixed; the scores may differ by a float32 ulp between
-        # block sizes (BLAS kernels depend on the matrix shape)
+        # tile sizes (BLAS kernels depend on the matrix shape)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
 
@@ -100,7 +105,7 @@ def test_k_larger_than_the_database_is_clipped():
 
 def test_search_on_real_descriptors(lopq_descriptors):
     query, db = lopq_descriptors
-    scores, ids = knn.search(query[:10], db, 50, block=4)
+    scores, ids = knn.search(query[:10], db, 50, tiles=(4, 100))
     ref_scores, ref_ids = _brute_force(query[:10], db, 50)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     # float32 vs float64 can swap near-equal neighbours; the sets and almost every position must agree
@@ -116,7 +121,7 @@ def test_self_neighbours_puts_each_row_first():
     rng = np.random.default_rng(3)
     features = rng.standard_normal((30, 8)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    neighbours = knn.self_neighbours(features, 5, block=7)
+    neighbours = knn.self_neighbours(features, 5, tiles=(7, 4))
     assert neighbours.shape == (30, 5) and neighbours.dtype == np.int64
     np.testing.assert_array_equal(neighbours[:, 0], np.arange(30))
     _, ref_ids = _brute_force(features, features, 5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from csa_rerank.whitening import apply_whitening, fit_post_whitening, learn_whitening
+from csa_rerank.whitening import apply_whitening, fit_post_whitening, learn_whitening, precomputed_whitening
 
 
 @pytest.fixture
@@ -132,3 +132,38 @@ def test_fit_post_whitening_learned_and_errors():
         fit_post_whitening("learned", X)
     with pytest.raises(ValueError, match="unknown post-whitening"):
         fit_post_whitening("pca", X)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the precomputed Lw of old cirtorch checkpoints (meta['Lw'][<set>]['ss' | 'ms'] = {'m': [D, 1], 'P': [D, D]})
+
+
+def _lw(m, P):
+    return {"m": np.asarray(m, dtype=np.float64).reshape(-1, 1), "P": np.asarray(P, dtype=np.float64)}
+
+
+def test_precomputed_whitening_picks_the_scale_entry():
+    ss, ms = _lw([1, 0], [[2, 0], [0, 1]]), _lw([0, 1], [[1, 0], [0, 3]])
+    meta = {"Lw": {"retrieval-SfM-120k": {"ss": ss, "ms": ms}, "retrieval-SfM-30k": {"ss": ms, "ms": ss}}}
+    single = precomputed_whitening(meta, multiscale=False)
+    np.testing.assert_array_equal(single["mean"], [1, 0])  # [D, 1] -> [D]
+    np.testing.assert_array_equal(single["projection"], [[2, 0], [0, 1]])
+    np.testing.assert_array_equal(precomputed_whitening(meta, multiscale=True)["mean"], [0, 1])
+    # applied as cirtorch's whitenapply: x = (3, 4) -> P (x - m) = (2 * 2, 4) = (4, 4) -> (1, 1)/sqrt(2)
+    out = apply_whitening(np.array([[3.0, 4.0]]), single["mean"], single["projection"])
+    np.testing.assert_allclose(out, [[4 / (np.sqrt(32) + 1e-6)] * 2], atol=1e-7)
+    # one set of another name is used as it is
+    only = {"Lw": {"retrieval-SfM-30k": {"ss": ss, "ms": ms}}}
+    np.testing.assert_array_equal(precomputed_whitening(only, multiscale=True)["mean"], [0, 1])
+
+
+def test_precomputed_whitening_errors():
+    with pytest.raises(ValueError, match=r"net.pth: the checkpoint has no precomputed whitening \(meta\['Lw'\]\)"):
+        precomputed_whitening({"architecture": "resnet101"}, multiscale=True, source="net.pth")
+    two = {"Lw": {"a": {}, "b": {}}}
+    with pytest.raises(ValueError, match="no 'retrieval-SfM-120k' entry and several others"):
+        precomputed_whitening(two, multiscale=True)
+    with pytest.raises(ValueError, match="lacks the 'ms' whitening"):
+        precomputed_whitening({"Lw": {"retrieval-SfM-120k": {"ss": _lw([0, 0], np.eye(2))}}}, multiscale=True)
+    with pytest.raises(ValueError, match=r"m of 3 values but P of shape \(2, 2\)"):
+        precomputed_whitening({"Lw": {"x": {"ss": _lw([0, 0, 0], np.eye(2))}}}, multiscale=False)

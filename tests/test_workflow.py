@@ -51,9 +51,25 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
                  "train_neighbours", "affinity", "train", "rerank_csa", "rerank_affinity_feature",
                  "evaluate_first_round", "evaluate_rerank", "table"):  # fmt: skip
         assert jobs.get(rule, 0) > 0, rule
-    # one job per (dataset, network): 2 test sets + distractors with R101, training set with R50/R101/R152
-    assert jobs["extract"] == 6
+    # one job per (dataset, network): 2 test sets with R101-GeM and R101-RMAC (the cross-feature row), the training
+    # set with R50/R101/R152-GeM and R101-RMAC (its post-whitening is fitted there); the 600 distractors (R101-GeM)
+    # in 3 shards of 200, merged by one job
+    assert jobs["extract"] == 8
+    assert jobs["extract_shard"] == 3 and jobs["merge_shards"] == 1
     assert jobs["table"] == 7
+
+
+def test_paper_dry_run_plans_r1m_shards_and_cross_features_offline(tmp_path):
+    # config.yaml in an empty directory: nothing downloaded yet, and no network needed to plan
+    result = snakemake(["-n", "--configfile", str(REPO / "config.yaml")], tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = planned_jobs(result.stdout)
+    # ceil(1,001,001 / 50,000) = 21 shards of R1M with the first-round network, planned without the image list
+    assert jobs["extract_shard"] == 21 and jobs["merge_shards"] == 1
+    # gl18 nets: 2 test sets + training set (R101), training set (R50, R152); cross features: 5 nets x 2 test sets;
+    # the 3 "-W" nets on cirtorch's whitening set (rsfm120k-whiten), where their Lw is learnt
+    assert jobs["extract"] == 5 + 10 + 3
+    assert "rsfm120k-whiten/imagenet-resnet101-rmac-lw.h5" in result.stdout
 
 
 def test_bad_config_value_names_the_key(tmp_path):
@@ -134,7 +150,17 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     overlay.write_text("extraction:\n  image_size: 48\n")
     changed = snakemake(["-n", *CI_CONFIG, str(overlay)], tmp_path)
     jobs = planned_jobs(changed.stdout)
-    assert jobs.get("extract") == 6 and jobs.get("knn") == 4 and jobs.get("train") == 3, jobs
+    assert jobs.get("extract") == 5 and jobs.get("extract_shard") == 3, jobs
+    assert jobs.get("knn") == 4 and jobs.get("train") == 3, jobs
     assert "generate_demo_testset" not in jobs
+
+    # the 40 distractors were extracted in shards of 16 (16, 16, 8) and merged into one file; a shard that failed
+    # before the merge is extracted again alone
+    with h5py.File(results / "features" / "r1m" / "demo-resnet101-gem.h5") as handle:
+        assert handle["db"].shape[0] == 40 and handle.attrs["shards"] == 3
+    (results / "features" / "r1m" / "demo-resnet101-gem" / "shard1.h5").unlink()
+    (results / "features" / "r1m" / "demo-resnet101-gem.h5").unlink()
+    jobs = planned_jobs(snakemake(["-n", *CI_CONFIG], tmp_path).stdout)
+    assert jobs.get("extract_shard") == 1 and "extract" not in jobs and jobs.get("merge_shards") == 1, jobs
 
     json.loads((results / "models" / "rSfM120k" / "summary.json").read_text())

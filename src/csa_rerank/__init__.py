@@ -3,6 +3,7 @@
 The package holds every piece of logic of the pipeline; the Snakemake scripts in ``workflow/scripts`` only read
 their inputs, call into it and write their outputs.  Modules, in pipeline order:
 
+- :mod:`csa_rerank.download`   downloads of the real datasets and networks (resumed, retried, checked), safe unpacking
 - :mod:`csa_rerank.demo`       the generated demo benchmark (images and ground truth in the real formats)
 - :mod:`csa_rerank.datasets`   ground-truth / training-set files (restricted unpickling) and image lists
 - :mod:`csa_rerank.networks`   GeM/MAC/SPoC pooling and the retrieval network (torchvision bodies)

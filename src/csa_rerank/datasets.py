@@ -5,7 +5,10 @@
 - distractors (revisitop1m): ``<root>/revisitop1m.txt`` listing paths relative to ``<root>/jpg``;
 - training set (retrieval-SfM-120k): ``<root>/retrieval-SfM-120k.pkl`` with ``train``/``val`` splits holding
   ``cids`` and ``cluster`` (and ``qidxs``/``pidxs`` pairs); images at
-  ``<root>/ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``.
+  ``<root>/ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``;
+- whitening set (cirtorch's ``retrieval-SfM-120k-whiten.pkl`` beside it): one dict with ``cids`` (images of the
+  same ``ims`` folder) and the matching pairs ``qidxs``/``pidxs`` (indices into ``cids``) that learn the post-hoc
+  whitening ``Lw``.
 """
 
 from __future__ import annotations
@@ -65,4 +68,20 @@ def load_training_db(path: str | Path) -> dict:
                 raise DatasetFormatError(f"{path}: split '{split}' lacks '{key}'")
         if len(db[split]["cids"]) != len(db[split]["cluster"]):
             raise DatasetFormatError(f"{path}: split '{split}' has unequal 'cids' and 'cluster' lengths")
+    return db
+
+
+def load_whitening_db(path: str | Path) -> dict:
+    """A ``retrieval-SfM-120k-whiten.pkl``: ``cids`` and matching pairs ``qidxs``/``pidxs``, checked."""
+    db = safe_pickle.load(path)
+    missing = [k for k in ("cids", "qidxs", "pidxs") if not isinstance(db, dict) or k not in db]
+    if missing:
+        raise DatasetFormatError(f"{path}: whitening database lacks {', '.join(missing)}; is it a *-whiten.pkl?")
+    n, q, p = len(db["cids"]), list(db["qidxs"]), list(db["pidxs"])
+    if not q or len(q) != len(p):
+        raise DatasetFormatError(
+            f"{path}: 'qidxs' and 'pidxs' must be non-empty and of equal length ({len(q)}, {len(p)})"
+        )
+    if not all(0 <= int(i) < n for i in q + p):
+        raise DatasetFormatError(f"{path}: 'qidxs'/'pidxs' hold indices outside the {n} images of 'cids'")
     return db

@@ -1,9 +1,11 @@
 """The HDF5 contract between stages.
 
 Descriptors: one file per (dataset, network); datasets ``db`` [N, D] and ``query`` [Q, D] for test sets,
-``db`` for distractors, ``train``/``val`` for the training set; float32, L2-normalised, rows in ``imlist`` /
-``qimlist`` / ``cids`` order; attributes name the network, image size and scales.  With post-whitening, the
-training set's file also holds its learnt parameters ``whitening_mean`` [D] (and ``whitening_projection``).
+``db`` for distractors and for the whitening set, ``train``/``val`` for the training set; float32, L2-normalised,
+rows in ``imlist`` / ``qimlist`` / ``cids`` order; attributes name the network, image size and scales.  With
+post-whitening, the file of the dataset that fits it (the training set or the whitening set) also holds its learnt
+parameters ``whitening_mean`` [D] (and ``whitening_projection``).  The distractors are extracted in shards
+(``db`` rows ``start`` ... ``stop``, attributes of those names) merged into one file (attribute ``shards``).
 Rankings (``knn``): ``ranks`` [Q, N] int32 (the whole database, best first) and ``scores`` [Q, k] of the top k.
 Training neighbours: ``neighbours`` [N, k] int64, the image itself at position 0.
 Affinities: ``affinity`` [Q, K+1, L] float32 chunked one query per chunk, ``candidates`` [Q, K].
@@ -15,6 +17,7 @@ Every file is written to a temporary name and renamed when complete, so an inter
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,12 +51,19 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | 
             handle.attrs[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
 
 
-def read_array(path: str | Path, name: str) -> np.ndarray:
-    """One dataset of an HDF5 file, with an error naming the file and the dataset when it is absent."""
+@contextmanager
+def open_array(path: str | Path, name: str) -> Iterator[h5py.Dataset]:
+    """One dataset of an HDF5 file, open for reading slices (``dataset[start:stop]``) rather than all of it."""
     with h5py.File(path, "r") as handle:
         if name not in handle:
             raise KeyError(f"{path}: no dataset '{name}' (has: {', '.join(handle.keys())})")
-        return handle[name][()]
+        yield handle[name]
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray:
+    """One dataset of an HDF5 file, with an error naming the file and the dataset when it is absent."""
+    with open_array(path, name) as dataset:
+        return dataset[()]
 
 
 def read_attrs(path: str | Path) -> dict:

@@ -1,25 +1,33 @@
 """Global-descriptor networks in cirtorch's form: a torchvision CNN body, a pooling, L2 normalisation.
 
-Pooling is written as plain functions (:func:`gem`, :func:`mac`, :func:`spoc`) beside thin modules that only own
-their parameters (:class:`GeM` holds the learnable exponent ``p``), so the maths can be tested without a network.
+Pooling is written as plain functions (:func:`gem`, :func:`mac`, :func:`spoc`, :func:`rmac`) beside thin modules that
+only own their parameters (:class:`GeM` holds the learnable exponent ``p``), so the maths can be tested without a
+network.
 
 Forward pass of :class:`RetrievalNet` (cirtorch ``ImageRetrievalNet``)::
 
     image [B, 3, H, W] -> body (conv1 ... layer4, ends with ReLU) -> [B, D, h, w]
                        -> pooling -> [B, D] -> L2N -> (optional whitening Linear(D, D) -> L2N) -> [B, D]
 
-The bodies are torchvision architectures built with ``weights=None``; their weights come either from a cirtorch
-checkpoint or, in the demo, from torchvision's default random initialisation under a fixed seed.
+The bodies are torchvision architectures built with ``weights=None``; their weights come from a cirtorch checkpoint
+(:func:`load_cirtorch_network`), from an ImageNet checkpoint of the body alone for the off-the-shelf "[O]" networks
+(:func:`load_body_checkpoint`), or, in the demo, from torchvision's default random initialisation under a fixed seed.
+Checkpoints are read with ``torch.load(weights_only=True)``; the numpy arrays that old cirtorch checkpoints keep in
+their meta (precomputed whitening ``Lw``) are admitted through an explicit allow-list (:func:`safe_torch_load`).
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import torch
 import torchvision
 from torch import nn
 
 ARCHITECTURES = ("resnet50", "resnet101", "resnet152", "vgg16")
-POOLINGS = ("gem", "mac", "spoc")
+POOLINGS = ("gem", "mac", "spoc", "rmac")
 L2N_EPS = 1e-6  # cirtorch's L2N adds eps to the norm, not to its square
 
 
@@ -36,6 +44,73 @@ def mac(x: torch.Tensor) -> torch.Tensor:
 def spoc(x: torch.Tensor) -> torch.Tensor:
     """Sum-pooled convolutional features (as a mean, which L2N makes equivalent); [B, D, H, W] -> [B, D]."""
     return x.mean(dim=(-2, -1))
+
+
+# Region counts R-MAC tries along the longer side of a non-square map at its coarsest level (Tolias et al. 2016).
+RMAC_STEPS = (2, 3, 4, 5, 6, 7)
+
+
+def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> list[tuple[int, int, int]]:
+    """The square regions of R-MAC on a ``height`` x ``width`` map, as ``(top, left, side)``, level by level.
+
+    Level ``l`` (1 ... ``levels``) has regions of side ``floor(2 min(H, W) / (l + 1))`` on a uniform grid of ``l``
+    positions along the shorter side and ``l + extra`` along the longer one (first region at 0, last one flush with
+    the far edge, positions in between rounded down).  ``extra`` (0 for a square map) is chosen once: with ``s``
+    regions of side ``min(H, W)`` along the longer side (``extra = s - 1``), neighbours would overlap by
+    ``1 - (max - min) / ((s - 1) min)`` of their side; the ``s`` of :data:`RMAC_STEPS` closest to ``overlap`` wins
+    (the first on a tie).  Regions of side 0 (tiny maps) are skipped.
+
+    The arithmetic is done in float32, operation by operation, as cirtorch's tensors do it: rounding decides ties,
+    both of ``s`` and of positions (on a 5 x 9 map, an exact tie of s = 2 and 3, float32 gives 2 but float64 3),
+    and the point is to give exactly cirtorch's regions.
+    """
+    f32 = np.float32
+    short, long_ = min(height, width), max(height, width)
+    extra_h = extra_w = 0
+    if height != width:
+        steps = np.asarray(RMAC_STEPS, dtype=f32)
+        stride = (f32(1) / (steps - f32(1))) * f32(long_ - short)  # cirtorch: int / tensor = reciprocal * int
+        achieved = (f32(short * short) - f32(short) * stride) / f32(short * short)
+        extra = int(np.argmin(np.abs(achieved - f32(overlap)))) + 1
+        if height < width:
+            extra_w = extra
+        else:
+            extra_h = extra
+    regions = []
+    for level in range(1, levels + 1):
+        side = math.floor(2 * short / (level + 1))
+        if side == 0:
+            continue
+        tops = _grid_starts(height, side, level + extra_h)
+        lefts = _grid_starts(width, side, level + extra_w)
+        regions.extend((top, left, side) for top in tops for left in lefts)
+    return regions
+
+
+def _grid_starts(length: int, side: int, count: int) -> list[int]:
+    """First pixels of ``count`` windows of ``side`` spread evenly over ``length`` (float32, as in cirtorch)."""
+    if count == 1:
+        return [0]
+    f32 = np.float32
+    centre_offset = math.floor(side / 2 - 1)  # cirtorch rounds start + offset, then removes the offset again
+    spacing = f32((length - side) / (count - 1))
+    starts = np.floor(f32(centre_offset) + np.arange(count, dtype=f32) * spacing) - centre_offset
+    return [int(v) for v in starts]
+
+
+def rmac(x: torch.Tensor, levels: int = 3, overlap: float = 0.4, eps: float = 1e-6) -> torch.Tensor:
+    """Regional maximum activation of convolutions (R-MAC, Tolias et al. 2016) as cirtorch computes it.
+
+    The MAC of the whole map plus the MAC of every region of :func:`rmac_regions`, each L2-normalised
+    (``v / (||v|| + eps)``) before the sum; no regional whitening.  [B, D, H, W] -> [B, D] (not normalised: the
+    network's L2N follows).  The whole map is counted twice on a square map (it is also level 1's one region).
+    """
+    v = mac(x)
+    v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + eps)
+    for top, left, side in rmac_regions(x.shape[-2], x.shape[-1], levels, overlap):
+        r = x[..., top : top + side, left : left + side].amax(dim=(-2, -1))
+        v = v + r / (torch.linalg.vector_norm(r, dim=-1, keepdim=True) + eps)
+    return v
 
 
 def l2n(x: torch.Tensor, eps: float = L2N_EPS) -> torch.Tensor:
@@ -66,6 +141,20 @@ class MAC(nn.Module):
 class SPoC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spoc(x)
+
+
+class RMAC(nn.Module):
+    """R-MAC pooling (:func:`rmac`); no parameters."""
+
+    def __init__(self, levels: int = 3, overlap: float = 0.4, eps: float = 1e-6):
+        super().__init__()
+        self.levels, self.overlap, self.eps = levels, overlap, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rmac(x, levels=self.levels, overlap=self.overlap, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, overlap={self.overlap}, eps={self.eps}"
 
 
 def build_body(arch: str) -> tuple[nn.Sequential, int]:
@@ -109,23 +198,53 @@ def build_network(arch: str, pooling: str = "gem", gem_p: float = 3.0, seed: int
             body, dim = build_body(arch)
     else:
         body, dim = build_body(arch)
-    pool = {"gem": lambda: GeM(gem_p), "mac": MAC, "spoc": SPoC}[pooling]()
+    pool = {"gem": lambda: GeM(gem_p), "mac": MAC, "spoc": SPoC, "rmac": RMAC}[pooling]()
     return RetrievalNet(body, pool, dim)
+
+
+def _numpy_safe_globals() -> list:
+    """What a pickle needs to rebuild numeric numpy arrays and scalars, under numpy 1's and numpy 2's module names.
+
+    Old cirtorch checkpoints keep their precomputed whitening as numpy arrays in ``meta['Lw']``; pickles written
+    under numpy 1 name ``numpy.core.multiarray._reconstruct``, under numpy 2 ``numpy._core.multiarray._reconstruct``.
+    None of these can run code: they rebuild arrays of numeric dtypes (object arrays stay refused).
+    """
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    allowed: list = [np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
+    numeric = "?bhilqBHILQefdgFDG"  # bool, signed and unsigned integers, floats, complex numbers
+    allowed += sorted({type(np.dtype(code)) for code in numeric}, key=lambda t: t.__name__)
+    return allowed
+
+
+def safe_torch_load(path, what: str = "a checkpoint"):
+    """``torch.load(path, weights_only=True)`` admitting numeric numpy arrays; errors name the file.
+
+    ``weights_only`` means no code from the file can run; the allow-list (:func:`_numpy_safe_globals`) only adds
+    numeric numpy arrays and scalars, which old cirtorch checkpoints hold in their meta.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: {what} not found; download it or place it there (docs/data.md)")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"{path}: cannot load as {what} with weights_only=True ({err}); the file is corrupt, "
+            "truncated or not a checkpoint: delete it and download it again."
+        ) from err
 
 
 def load_cirtorch_network(path, arch: str, pooling: str = "gem", whitening: bool = False) -> tuple[RetrievalNet, dict]:
     """A network from a cirtorch checkpoint ``{'meta': ..., 'state_dict': ...}`` and its meta.
 
-    The checkpoint is loaded with ``torch.load(weights_only=True)``: no code from the file can run.  Its keys
-    (``features.*``, ``pool.p``, ``whiten.*``) are exactly this module's, so loading is strict.
+    The checkpoint is loaded with ``torch.load(weights_only=True)`` (:func:`safe_torch_load`): no code from the file
+    can run.  Its keys (``features.*``, ``pool.p``, ``whiten.*``) are exactly this module's, so loading is strict.
+    The meta is returned as stored, including a precomputed whitening ``meta['Lw']`` of old checkpoints.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"{path}: cannot load as a cirtorch checkpoint with weights_only=True ({err}); the file is corrupt, "
-            "truncated or not a checkpoint: delete it and download it again."
-        ) from err
+    checkpoint = safe_torch_load(path, "a cirtorch checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise RuntimeError(f"{path}: not a cirtorch checkpoint (no 'state_dict')")
     meta = checkpoint.get("meta", {})
@@ -145,3 +264,67 @@ def load_cirtorch_network(path, arch: str, pooling: str = "gem", whitening: bool
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return net, meta
+
+
+# torchvision ResNet children -> their index in the body (cirtorch's ``features.<i>``); 2 and 3 (ReLU, max-pool)
+# have no parameters.
+_RESNET_CHILDREN = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+# Entries of whole-network state_dicts that are not part of the body: classifiers, pooling, whitening.
+_NOT_BODY = ("fc", "classifier", "pool", "whiten", "lwhiten")
+
+
+def body_state_dict(state: dict, arch: str) -> dict:
+    """The entries of ``state`` that make the convolutional body, keyed as :func:`build_body`'s ``nn.Sequential``.
+
+    Layouts accepted:
+
+    - cirtorch's ImageNet feature files (``imagenet-caffe-<arch>-features-<hash>.pth``): the state_dict of the
+      network's ``features`` itself, keys ``0.weight``, ``1.running_mean``, ``4.0.conv1.weight``, ... (ResNet) or
+      ``0.weight`` ... ``28.bias`` (VGG16), used as they are;
+    - ``features.*`` keys (a cirtorch network's state_dict, torchvision's VGG16): the prefix is removed;
+    - torchvision's ResNets: ``conv1``, ``bn1``, ``layer1`` ... ``layer4`` become ``0``, ``1``, ``4`` ... ``7``.
+
+    Classifier, pooling and whitening entries (``fc``, ``classifier``, ``pool``, ``whiten``) are dropped; anything
+    else is kept so that the strict load reports it.
+    """
+
+    def top(key: str) -> str:
+        return key.split(".", 1)[0]
+
+    body = {k: v for k, v in state.items() if top(k) not in _NOT_BODY}
+    if any(top(k) == "features" for k in body):
+        return {(k[len("features.") :] if top(k) == "features" else k): v for k, v in body.items()}
+    if arch.startswith("resnet") and "conv1.weight" in body:
+        return {
+            (f"{_RESNET_CHILDREN[top(k)]}.{k.split('.', 1)[1]}" if top(k) in _RESNET_CHILDREN else k): v
+            for k, v in body.items()
+        }
+    return body
+
+
+def load_body_checkpoint(path, arch: str, pooling: str = "gem", gem_p: float = 3.0) -> RetrievalNet:
+    """An off-the-shelf ("[O]") network: its body from an ImageNet checkpoint, then ``pooling``, no whitening FC.
+
+    The checkpoint is a state_dict of the body in one of the layouts of :func:`body_state_dict` (cirtorch's
+    ``imagenet-caffe-resnet101-features-10a101d.pth`` and ``imagenet-caffe-vgg16-features-d369c8e.pth`` are
+    state_dicts of ``net.features``), or a cirtorch checkpoint ``{'meta', 'state_dict'}`` whose body is taken.
+    Loaded with ``torch.load(weights_only=True)``.  BatchNorm's ``num_batches_tracked`` counters (absent from
+    checkpoints older than torch 0.4.1, unused in eval mode) may be missing; every other body weight must be there.
+    """
+    state = safe_torch_load(path, "an ImageNet body checkpoint")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"{path}: not a state_dict of tensors (nor a checkpoint holding one)")
+    net = build_network(arch, pooling, gem_p)
+    try:
+        missing, unexpected = net.features.load_state_dict(body_state_dict(state, arch), strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape
+        raise ValueError(f"{path}: does not hold a {arch} body: {err}") from err
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not hold a {arch} body: missing {sorted(missing)[:5]} ({len(missing)} in all), "
+            f"unexpected {sorted(unexpected)[:5]} ({len(unexpected)} in all)"
+        )
+    return net

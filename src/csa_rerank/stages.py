@@ -6,6 +6,7 @@ every stage can be run and tested without Snakemake.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,17 +21,22 @@ log = logging.getLogger("csa_rerank")
 
 # --------------------------------------------------------------------------------------------------------------
 # extraction
-def build_configured_network(spec: dict, checkpoint: str | None = None):
-    """The network a config entry describes: a cirtorch checkpoint, or random weights from ``seed``."""
-    from .networks import build_network, load_cirtorch_network
+def build_configured_network(spec: dict, checkpoint: str | None = None, body_checkpoint: str | None = None):
+    """The network a config entry describes, with its input mean/std (None: ImageNet's) and checkpoint meta.
 
+    A cirtorch checkpoint (``checkpoint``), an ImageNet body with the configured pooling (``body_checkpoint``, the
+    off-the-shelf "[O]" networks), or random weights from ``seed``.
+    """
+    from .networks import build_network, load_body_checkpoint, load_cirtorch_network
+
+    pooling = spec.get("pooling", "gem")
     if checkpoint:
-        net, meta = load_cirtorch_network(
-            checkpoint, spec["arch"], spec.get("pooling", "gem"), spec.get("whitening", False)
-        )
-        return net, meta.get("mean", None), meta.get("std", None)
-    net = build_network(spec["arch"], spec.get("pooling", "gem"), spec.get("gem_p", 3.0), seed=spec["seed"])
-    return net, None, None
+        net, meta = load_cirtorch_network(checkpoint, spec["arch"], pooling, spec.get("whitening", False))
+        return net, meta.get("mean", None), meta.get("std", None), meta
+    if body_checkpoint:
+        return load_body_checkpoint(body_checkpoint, spec["arch"], pooling, spec.get("gem_p", 3.0)), None, None, {}
+    net = build_network(spec["arch"], pooling, spec.get("gem_p", 3.0), seed=spec["seed"])
+    return net, None, None, {}
 
 
 def extract(
@@ -44,16 +50,25 @@ def extract(
     checkpoint: str | None = None,
     whitening: str | None = None,
     use_gpu: bool = True,
+    body_checkpoint: str | None = None,
+    shard: tuple[int, int] | None = None,
+    n_images: int | None = None,
 ) -> None:
     """Descriptors of one dataset with one network (HDF5 contract in :mod:`csa_rerank.h5io`).
 
-    With ``post_whitening`` in the network's spec, the training set's job learns it from the raw training
-    descriptors and stores its parameters (``whitening_mean``, ``whitening_projection``) beside them; every other
-    dataset's job reads them from that file (``whitening``) and applies them.
+    ``kind``: ``test``, ``distractors``, ``training`` (rSfM120k's ``train``/``val``) or ``whitening`` (the images of
+    cirtorch's ``retrieval-SfM-120k-whiten.pkl``, stored as ``db``).  For the distractors, ``shard = (start, stop)``
+    extracts only those rows of the list, which must hold ``n_images`` images (the count the workflow planned with).
+
+    ``post_whitening`` of the network's spec: ``centre``/``learned`` are fitted by the job of the dataset that
+    provides them (the training set's ``train`` split or the whitening set, with its ``qidxs``/``pidxs`` pairs for
+    ``learned``), which stores the parameters (``whitening_mean``, ``whitening_projection``) beside its whitened
+    descriptors; every other job reads them from that file (``whitening``).  ``checkpoint`` applies the
+    precomputed ``meta['Lw']`` of the network's checkpoint.
     """
     from .extract import IMAGENET_MEAN, IMAGENET_STD, extract_descriptors, multiscale_power, pick_device
 
-    net, mean, std = build_configured_network(network_spec, checkpoint)
+    net, mean, std, meta = build_configured_network(network_spec, checkpoint, body_checkpoint)
     msp = multiscale_power(net) if settings["msp"] == "auto" else float(settings["msp"])
     device = pick_device(use_gpu)
     common = dict(
@@ -74,7 +89,18 @@ def extract(
         arrays["db"] = extract_descriptors(net, db_paths, desc="database", **common)
         arrays["query"] = extract_descriptors(net, query_paths, bbxs=bbxs, desc="queries", **common)
     elif kind == "distractors":
-        arrays["db"] = extract_descriptors(net, datasets.distractor_image_paths(listing), desc="distractors", **common)
+        paths = datasets.distractor_image_paths(listing)
+        if n_images is not None and len(paths) != n_images:
+            raise datasets.DatasetFormatError(
+                f"{listing}: lists {len(paths)} images, but the workflow was planned for {n_images} "
+                "(datasets.distractor_images in the config): fix the count or the list"
+            )
+        start, stop = shard if shard is not None else (0, len(paths))
+        arrays["db"] = extract_descriptors(net, paths[start:stop], desc=f"distractors {start}-{stop}", **common)
+    elif kind == "whitening":
+        wdb = datasets.load_whitening_db(listing)
+        paths = [datasets.cid_path(images, cid) for cid in wdb["cids"]]
+        arrays["db"] = extract_descriptors(net, paths, desc="whitening set", **common)
     elif kind == "training":
         db = datasets.load_training_db(listing)
         for split in ("train", "val"):
@@ -84,7 +110,9 @@ def extract(
         raise ValueError(f"unknown dataset kind {kind!r}")
     method = network_spec.get("post_whitening", "none")
     if method != "none":
-        arrays.update(_post_whiten(method, network_spec.get("whitening_dims"), arrays, kind, listing, whitening))
+        multiscale = len(settings["scales"]) > 1
+        params, fitted = _post_whitening_params(method, arrays, kind, listing, whitening, meta, multiscale, checkpoint)
+        arrays = _post_whiten(method, network_spec.get("whitening_dims"), arrays, params, fitted)
     attrs = {
         "network": network_name,
         "post_whitening": method,
@@ -93,28 +121,79 @@ def extract(
         "image_size": settings["image_size"],
         "scales": list(settings["scales"]),
         "msp": msp,
-        "weights": checkpoint or f"random(seed={network_spec.get('seed')})",
+        "weights": checkpoint or body_checkpoint or f"random(seed={network_spec.get('seed')})",
     }
+    if shard is not None:
+        attrs.update(start=int(shard[0]), stop=int(shard[1]))
     h5io.write_arrays(out_path, arrays, attrs)
     log.info("wrote %s: %s", out_path, {k: v.shape for k, v in arrays.items()})
 
 
-def _post_whiten(method, dims, arrays, kind, listing, whitening_file) -> dict[str, np.ndarray]:
-    """Whitened descriptors (and, for the training set, the learnt parameters) replacing the raw ones."""
-    from .whitening import apply_whitening, fit_post_whitening
+def _post_whitening_params(method, arrays, kind, listing, whitening_file, meta, multiscale, checkpoint):
+    """(parameters ``{"mean", "projection"?}``, whether this job fitted them) of a network's post-whitening."""
+    from .whitening import fit_post_whitening, precomputed_whitening
 
-    if kind == "training":
-        pairs = datasets.load_training_db(listing)["train"]
-        params = fit_post_whitening(method, arrays["train"], pairs.get("qidxs"), pairs.get("pidxs"))
-    else:
-        if whitening_file is None:
-            raise ValueError(f"post-whitening {method!r} needs the training set's descriptor file")
+    if method == "checkpoint":
+        return precomputed_whitening(meta, multiscale, source=checkpoint or "the network"), False
+    if whitening_file is not None:
         params = {"mean": h5io.read_array(whitening_file, "whitening_mean")}
         if method == "learned":
             params["projection"] = h5io.read_array(whitening_file, "whitening_projection")
+        return params, False
+    if kind == "training":
+        X, pairs = arrays["train"], datasets.load_training_db(listing)["train"]
+    elif kind == "whitening":
+        X, pairs = arrays["db"], datasets.load_whitening_db(listing)
+    else:
+        raise ValueError(f"post-whitening {method!r} of a {kind} set needs the descriptor file holding its parameters")
+    log.info("fitting post-whitening %s on %d %s descriptors", method, len(X), kind)
+    return fit_post_whitening(method, X, pairs.get("qidxs"), pairs.get("pidxs")), True
+
+
+def _post_whiten(method, dims, arrays, params, fitted) -> dict[str, np.ndarray]:
+    """Whitened descriptors replacing the raw ones (plus the parameters, when this job fitted them)."""
+    from .whitening import apply_whitening
+
     out = {name: apply_whitening(x, params["mean"], params.get("projection"), dims) for name, x in arrays.items()}
     log.info("post-whitening %s (dims %s) applied to %s", method, dims, list(arrays))
-    return {**out, **{f"whitening_{k}": v for k, v in params.items()}} if kind == "training" else out
+    return {**out, **{f"whitening_{k}": v for k, v in params.items()}} if fitted else out
+
+
+def merge_shards(shard_files: list[str], out_path: str, n_images: int, block_rows: int = 16384) -> None:
+    """The descriptor file of a sharded dataset (the distractors) from its shard files, in order.
+
+    The shards' ``db`` rows are copied into one ``db`` dataset ``block_rows`` at a time (never a whole shard, never
+    all of them in memory).  The shards must tile ``0 ... n_images`` without gap or overlap and agree on the
+    network and extraction settings, which the merged file keeps as its attributes (without ``start``/``stop``).
+    """
+    attrs, dims, stop = None, None, 0
+    for path in shard_files:
+        shard_attrs = h5io.read_attrs(path)
+        with h5io.open_array(path, "db") as db:
+            rows, dim = db.shape
+        if (shard_attrs.get("start"), shard_attrs.get("stop")) != (stop, stop + rows):
+            raise ValueError(
+                f"{path}: holds rows {shard_attrs.get('start')}-{shard_attrs.get('stop')} ({rows} descriptors), "
+                f"but the next shard must start at row {stop}; delete it and rerun its job"
+            )
+        common = {k: v for k, v in shard_attrs.items() if k not in ("start", "stop")}
+        if attrs is not None and (common != attrs or dim != dims):
+            raise ValueError(f"{path}: extracted with other settings than {shard_files[0]}; delete it and rerun")
+        attrs, dims, stop = common, dim, stop + rows
+    if stop != n_images:
+        raise ValueError(f"the shards hold {stop} descriptors, expected {n_images}")
+    with h5io.atomic_h5(out_path) as out:
+        merged = out.create_dataset("db", shape=(n_images, dims), dtype=np.float32)
+        start = 0
+        for path in shard_files:
+            with h5io.open_array(path, "db") as db:
+                for first in range(0, len(db), block_rows):
+                    block = db[first : first + block_rows]
+                    merged[start + first : start + first + len(block)] = block
+                start += len(db)
+        for key, value in {**attrs, "shards": len(shard_files)}.items():
+            out.attrs[key] = value
+    log.info("merged %d shards into %s: %d x %d", len(shard_files), out_path, n_images, dims)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,14 +207,23 @@ def load_test_descriptors(testset_file: str, distractors_file: str | None = None
     return query, db
 
 
-def knn(testset_file: str, distractors_file: str | None, out_path: str, block: int, top_scores: int = 2048) -> None:
-    """Whole-database first-round ranking of every query (exact AP needs all of it)."""
-    from .knn import search
+def knn(
+    testset_file: str, distractors_file: str | None, out_path: str, memory_gb: float, top_scores: int = 2048
+) -> None:
+    """Whole-database first-round ranking of every query (exact AP needs all of it).
 
-    query, db = load_test_descriptors(testset_file, distractors_file)
-    start = time.perf_counter()
-    scores, ids = search(query, db, db.shape[0], block=block)
-    log.info("ranked %d queries against %d images in %.2f s", len(query), len(db), time.perf_counter() - start)
+    The database (the test set's images, then the distractors, numbered after them) is read from the descriptor
+    files one tile at a time and never held whole (R1M is 8 GB); the search allocates at most ``memory_gb`` GiB.
+    """
+    from .knn import RowStack, search
+
+    query = h5io.read_array(testset_file, "query")
+    with contextlib.ExitStack() as files:
+        parts = [files.enter_context(h5io.open_array(path, "db")) for path in (testset_file, distractors_file) if path]
+        db = RowStack(parts)
+        start = time.perf_counter()
+        scores, ids = search(query, db, db.shape[0], memory_bytes=int(memory_gb * 2**30))
+    log.info("ranked %d queries against %d images in %.2f s", len(query), db.shape[0], time.perf_counter() - start)
     h5io.write_arrays(
         out_path,
         {"ranks": ids.astype(np.int32), "scores": scores[:, :top_scores]},
@@ -143,17 +231,21 @@ def knn(testset_file: str, distractors_file: str | None, out_path: str, block: i
     )
 
 
-def train_neighbours(features_file: str, out_path: str, k: int, block: int) -> None:
-    """Top-k neighbour lists of every training image (itself first), for both splits."""
+def train_neighbours(features_file: str, out_path: str, k: int, memory_gb: float) -> None:
+    """Top-k neighbour lists of every training image (itself first), for both splits.
+
+    Descriptors are read from the file a tile at a time and each split is written when done, so the search of
+    one split allocates at most ``memory_gb`` GiB, its [N, k] lists included.
+    """
     from .knn import self_neighbours
 
-    arrays = {}
-    for split in ("train", "val"):
-        features = h5io.read_array(features_file, split)
-        start = time.perf_counter()
-        arrays[split] = self_neighbours(features, k, block=block)
-        log.info("%s: %d x top-%d in %.2f s", split, len(features), k, time.perf_counter() - start)
-    h5io.write_arrays(out_path, arrays, {"k": k})
+    with h5io.atomic_h5(out_path) as out:
+        for split in ("train", "val"):
+            with h5io.open_array(features_file, split) as features:
+                start = time.perf_counter()
+                out.create_dataset(split, data=self_neighbours(features, k, memory_bytes=int(memory_gb * 2**30)))
+                log.info("%s: %d x top-%d in %.2f s", split, len(features), k, time.perf_counter() - start)
+        out.attrs["k"] = k
 
 
 # --------------------------------------------------------------------------------------------------------------

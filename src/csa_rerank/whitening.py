@@ -48,7 +48,37 @@ def apply_whitening(X: np.ndarray, m: np.ndarray, P: np.ndarray | None = None, d
     return Y.astype(np.float32)
 
 
-POST_WHITENING = ("none", "centre", "learned")
+POST_WHITENING = ("none", "centre", "learned", "checkpoint")
+# cirtorch's name of the whitening set its checkpoints' precomputed Lw was learnt on (test.py --whitening)
+LW_DATASET = "retrieval-SfM-120k"
+
+
+def precomputed_whitening(meta: dict, multiscale: bool, source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """The precomputed Lw an old cirtorch checkpoint keeps in ``meta['Lw']`` as post-whitening parameters.
+
+    ``meta['Lw'][<whitening set>]['ms' or 'ss'] = {'m': [D, 1], 'P': [D', D]}``: the multi-scale entry for
+    multi-scale extraction, the single-scale one otherwise, as cirtorch's test.py picks it.  The set is
+    ``retrieval-SfM-120k`` (or the only one present).  Returns ``{"mean": [D], "projection": [D', D]}``.
+    """
+    lw = meta.get("Lw") if isinstance(meta, dict) else None
+    if not isinstance(lw, dict) or not lw:
+        raise ValueError(
+            f"{source}: the checkpoint has no precomputed whitening (meta['Lw']); use post_whitening: learned"
+        )
+    if LW_DATASET in lw:
+        entry = lw[LW_DATASET]
+    elif len(lw) == 1:
+        entry = next(iter(lw.values()))
+    else:
+        raise ValueError(f"{source}: meta['Lw'] has no '{LW_DATASET}' entry and several others ({', '.join(lw)})")
+    scale = "ms" if multiscale else "ss"
+    if not isinstance(entry, dict) or scale not in entry or not {"m", "P"} <= set(entry[scale]):
+        raise ValueError(f"{source}: meta['Lw'] lacks the '{scale}' whitening ({{'m', 'P'}}) for this extraction")
+    m = np.asarray(entry[scale]["m"], dtype=np.float64).reshape(-1)
+    P = np.asarray(entry[scale]["P"], dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] != m.size:
+        raise ValueError(f"{source}: meta['Lw'] holds m of {m.size} values but P of shape {P.shape}")
+    return {"mean": m, "projection": P}
 
 
 def fit_post_whitening(method: str, X: np.ndarray, qidxs=None, pidxs=None) -> dict[str, np.ndarray]:

@@ -3,18 +3,35 @@ import re
 
 from snakemake.utils import validate
 
+from csa_rerank import download
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
 TESTSETS = DATASETS["test"]
 DISTRACTORS = DATASETS.get("distractors")
 TRAINSET = DATASETS["training"]
+# The dataset whose descriptors fit the post-whitening (centre, learned) of the networks that have one: the
+# training set (pairs: its train split's qidxs/pidxs) or cirtorch's whitening set (retrieval-SfM-120k-whiten.pkl).
+WHITENING_SET = DATASETS.get("whitening", TRAINSET)
 NETWORKS = config["networks"]
 EXPERIMENTS = config["experiments"]
 TRAINING_SETS = EXPERIMENTS["training_sets"]
 DEFAULT_TRAINING_SET = EXPERIMENTS["default_training_set"]
 CROSS_FEATURES = EXPERIMENTS.get("cross_features", {})
+# Table 4 shows the whitened features of supplementary table 1 under labels without "-W"; its own rows if set.
+CROSS_FEATURES_TABLE4 = EXPERIMENTS.get("cross_features_table4") or CROSS_FEATURES
+# Extraction settings that change descriptors (rerun triggers); the shard size only changes how jobs are cut.
+EXTRACTION_SETTINGS = {
+    key: value for key, value in config["extraction"].items() if key != "shard_size"
+}
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "supp_table1"]
+# What the download rules fetch (workflow/rules/download.smk); None for the demo, which generates its data.
+DOWNLOADS = (
+    download.plan_downloads(config["downloads"])
+    if "downloads" in config and not config.get("demo")
+    else None
+)
 
 
 def _config_error(key, message):
@@ -35,6 +52,14 @@ for _set, _nets in TRAINING_SETS.items():
         _check_network(f"experiments.training_sets.{_set}", _net)
 for _label, _net in CROSS_FEATURES.items():
     _check_network(f"experiments.cross_features.{_label}", _net)
+for _label, _net in EXPERIMENTS.get("cross_features_table4", {}).items():
+    _check_network(f"experiments.cross_features_table4.{_label}", _net)
+for _name, _spec in NETWORKS.items():
+    if _spec.get("post_whitening") == "checkpoint" and not _spec.get("checkpoint"):
+        _config_error(
+            f"networks.{_name}.post_whitening",
+            "'checkpoint' (the precomputed Lw of a cirtorch checkpoint) needs 'checkpoint'",
+        )
 if DEFAULT_TRAINING_SET not in TRAINING_SETS:
     _config_error(
         "experiments.default_training_set",
@@ -44,6 +69,28 @@ if DEFAULT_TRAINING_SET not in TRAINING_SETS:
 
 def with_distractors(testset):
     return f"{testset}+{DISTRACTORS}"
+
+
+# Distractor extraction is cut into shards of extraction.shard_size images, one job each, merged into one file.
+# The number of shards must be known when the DAG is built, i.e. before the list of the 1M images may exist: it
+# follows from the configured image count (datasets.distractor_images; the demo's from the number it generates),
+# which every shard job checks against the list.
+if config.get("demo"):
+    DISTRACTOR_IMAGES = config["demo"]["distractors"]["n_images"]
+    if DATASETS.get("distractor_images", DISTRACTOR_IMAGES) != DISTRACTOR_IMAGES:
+        _config_error(
+            "datasets.distractor_images",
+            f"the demo generates demo.distractors.n_images = {DISTRACTOR_IMAGES} distractors",
+        )
+else:
+    DISTRACTOR_IMAGES = DATASETS.get("distractor_images")
+if DISTRACTORS and not DISTRACTOR_IMAGES:
+    _config_error(
+        "datasets.distractor_images",
+        f"the number of images of {DISTRACTORS} is needed to plan its extraction shards",
+    )
+SHARD_SIZE = config["extraction"]["shard_size"]
+N_SHARDS = -(-DISTRACTOR_IMAGES // SHARD_SIZE) if DISTRACTORS else 0
 
 
 # Evaluation sets: each test set alone and, with distractors configured, with them appended to its database.
@@ -72,9 +119,8 @@ def _alternatives(names):
 
 
 wildcard_constraints:
-    dataset=_alternatives(
-        TESTSETS + ([DISTRACTORS] if DISTRACTORS else []) + [TRAINSET]
-    ),
+    # the distractors are extracted in shards (rules extract_shard, merge_shards), every other dataset by `extract`
+    dataset=_alternatives(TESTSETS + list({TRAINSET, WHITENING_SET})),
     testset=_alternatives(EVAL_SETS),
     network=_alternatives(NETWORKS),
     model=_alternatives(MODELS),
@@ -88,39 +134,91 @@ def dataset_kind(dataset):
         return "test"
     if dataset == DISTRACTORS:
         return "distractors"
-    return "training"
+    if dataset == TRAINSET:
+        return "training"
+    return "whitening"
 
 
 def raw_data(wildcards):
     """The image folder and the list/ground-truth file of a dataset, in cirtorch/revisitop layout."""
-    kind = dataset_kind(wildcards.dataset)
+    return raw_data_of(wildcards.dataset)
+
+
+def raw_data_of(dataset):
+    kind = dataset_kind(dataset)
     if kind == "test":
-        root = f"<data>/test/{wildcards.dataset}"
-        return {
-            "images": f"{root}/jpg",
-            "listing": f"{root}/gnd_{wildcards.dataset}.pkl",
-        }
+        root = f"<data>/test/{dataset}"
+        return {"images": f"{root}/jpg", "listing": f"{root}/gnd_{dataset}.pkl"}
     if kind == "distractors":
         return {
             "images": "<data>/revisitop1m/jpg",
             "listing": "<data>/revisitop1m/revisitop1m.txt",
         }
     root = "<data>/train/retrieval-SfM-120k"
-    return {"images": f"{root}/ims", "listing": f"{root}/retrieval-SfM-120k.pkl"}
+    listing = (
+        "retrieval-SfM-120k-whiten.pkl"
+        if kind == "whitening"
+        else "retrieval-SfM-120k.pkl"
+    )
+    return {"images": f"{root}/ims", "listing": f"{root}/{listing}"}
+
+
+def unpacked_archives(wildcards):
+    """The unpacked archives that make up one downloaded image folder."""
+    folder = wildcards.image_folder
+    return [
+        f"<data>/{folder}.download/{archive}.unpacked"
+        for archive in DOWNLOADS.image_folders[folder].archives
+    ]
 
 
 def extract_inputs(wildcards):
-    inputs = raw_data(wildcards)
-    spec = NETWORKS[wildcards.network]
-    if spec.get("checkpoint"):
-        inputs["checkpoint"] = spec["checkpoint"]
+    return extract_inputs_of(wildcards.dataset, wildcards.network)
+
+
+def extract_inputs_of(dataset, network):
+    inputs = raw_data_of(dataset)
+    spec = NETWORKS[network]
+    for key in ("checkpoint", "body_checkpoint"):
+        if spec.get(key):
+            inputs[key] = spec[key]
     if (
-        spec.get("post_whitening", "none") != "none"
-        and dataset_kind(wildcards.dataset) != "training"
+        spec.get("post_whitening", "none") in ("centre", "learned")
+        and dataset != WHITENING_SET
     ):
-        # learnt by the training set's extraction job, stored in its descriptor file
-        inputs["whitening"] = f"<results>/features/{TRAINSET}/{wildcards.network}.h5"
+        # fitted by the whitening set's extraction job, stored in its descriptor file
+        inputs["whitening"] = f"<results>/features/{WHITENING_SET}/{network}.h5"
     return inputs
+
+
+def shard_inputs(wildcards):
+    return extract_inputs_of(DISTRACTORS, wildcards.network)
+
+
+def shard_range(wildcards):
+    """Rows [start, stop) of the distractor list that shard {shard} extracts."""
+    shard = int(wildcards.shard)
+    if shard >= N_SHARDS:
+        raise ValueError(f"shard {shard} does not exist: {N_SHARDS} shards")
+    return [shard * SHARD_SIZE, min((shard + 1) * SHARD_SIZE, DISTRACTOR_IMAGES)]
+
+
+def distractor_shards(wildcards):
+    return [
+        f"<results>/features/{DISTRACTORS}/{wildcards.network}/shard{i}.h5"
+        for i in range(N_SHARDS)
+    ]
+
+
+# Descriptor files in the layout of the authors' code (csa_rerank.export): CSA's data folder -> our dataset.
+EXPORT_LAYOUTS = {f"test/{t}": t for t in TESTSETS} | {"train": TRAINSET}
+if DISTRACTORS:
+    EXPORT_LAYOUTS["r1m"] = DISTRACTORS
+
+
+def export_input(wildcards):
+    dataset = EXPORT_LAYOUTS[wildcards.layout]
+    return f"<results>/features/{dataset}/{wildcards.network}.h5"
 
 
 def base_testset(testset):
@@ -159,7 +257,9 @@ def reranker_config(wildcards):
 
 def training_hyperparameters():
     """config["training"] without its process count, which does not change the result (no rerun trigger)."""
-    return {key: value for key, value in config["training"].items() if key != "processes"}
+    return {
+        key: value for key, value in config["training"].items() if key != "processes"
+    }
 
 
 def evaluation(testset, network, reranker=None, K=None, L=None):
@@ -244,7 +344,8 @@ def _table_layout(table):
             rows.append({"label": name, "cells": cells})
         return {"label_header": "Training Dataset", "rows": rows}
     if table in ("table4", "supp_table1"):
-        for label, network in CROSS_FEATURES.items():
+        features = CROSS_FEATURES_TABLE4 if table == "table4" else CROSS_FEATURES
+        for label, network in features.items():
             rows.append(
                 {
                     "label": label,

@@ -1,4 +1,7 @@
-# Global descriptors: one job per (dataset, network); CUDA when present and allowed (resource gpu > 0).
+# Global descriptors: one job per (dataset, network); CUDA when present and allowed (resource gpu > 0).  The
+# distractors (1M images for R1M) are extracted in shards of extraction.shard_size images, one job per (shard,
+# network), so that a failed or killed shard reruns alone; merge_shards then copies the shards, slice by slice, into
+# the one descriptor file every later rule reads.
 
 
 rule extract:
@@ -18,6 +21,50 @@ rule extract:
     params:
         kind=extract_kind,
         network=network_spec,
-        settings=config["extraction"],
+        settings=EXTRACTION_SETTINGS,
     script:
         "../scripts/extract.py"
+
+
+if DISTRACTORS:
+
+    rule extract_shard:
+        input:
+            unpack(shard_inputs),
+        output:
+            f"<results>/features/{DISTRACTORS}/{{network}}/shard{{shard}}.h5",
+        log:
+            f"<logs>/extract/{DISTRACTORS}/{{network}}/shard{{shard}}.log",
+        benchmark:
+            f"<benchmarks>/extract/{DISTRACTORS}/{{network}}/shard{{shard}}.tsv"
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            "../../envs/torch.yaml"
+        threads: 4
+        resources:
+            gpu=1,
+        params:
+            kind="distractors",
+            network=network_spec,
+            settings=EXTRACTION_SETTINGS,
+            shard=shard_range,
+            n_images=DISTRACTOR_IMAGES,
+        script:
+            "../scripts/extract.py"
+
+    rule merge_shards:
+        input:
+            distractor_shards,
+        output:
+            f"<results>/features/{DISTRACTORS}/{{network}}.h5",
+        log:
+            f"<logs>/merge_shards/{DISTRACTORS}/{{network}}.log",
+        benchmark:
+            f"<benchmarks>/merge_shards/{DISTRACTORS}/{{network}}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        params:
+            n_images=DISTRACTOR_IMAGES,
+        script:
+            "../scripts/merge_shards.py"

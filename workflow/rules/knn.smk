@@ -15,7 +15,7 @@ rule knn:
         "../../envs/torch.yaml"
     threads: 2
     params:
-        block=config["knn"]["block"],
+        memory_gb=config["knn"]["memory_gb"],
     script:
         "../scripts/knn.py"
 
@@ -34,6 +34,6 @@ rule train_neighbours:
     threads: 2
     params:
         k=TRAIN_TOPK,
-        block=config["knn"]["block"],
+        memory_gb=config["knn"]["memory_gb"],
     script:
         "../scripts/train_neighbours.py"

@@ -1,4 +1,4 @@
-"""Snakemake script: descriptors of one dataset with one network."""
+"""Snakemake script: descriptors of one dataset (or one shard of the distractors) with one network."""
 
 from csa_rerank import logs, stages
 
@@ -13,6 +13,9 @@ stages.extract(
     settings=snakemake.params.settings,
     out_path=snakemake.output[0],
     checkpoint=snakemake.input.get("checkpoint"),
+    body_checkpoint=snakemake.input.get("body_checkpoint"),
     whitening=snakemake.input.get("whitening"),
     use_gpu=snakemake.resources.get("gpu", 0) > 0,
+    shard=snakemake.params.get("shard"),
+    n_images=snakemake.params.get("n_images"),
 )

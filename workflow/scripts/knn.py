@@ -5,5 +5,8 @@ from csa_rerank import logs, stages
 log = logs.setup(snakemake.log[0])
 stages.set_threads(snakemake.threads)
 stages.knn(
-    snakemake.input.testset, snakemake.input.get("distractors"), snakemake.output[0], block=snakemake.params.block
+    snakemake.input.testset,
+    snakemake.input.get("distractors"),
+    snakemake.output[0],
+    memory_gb=snakemake.params.memory_gb,
 )

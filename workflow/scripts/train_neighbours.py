@@ -4,4 +4,6 @@ from csa_rerank import logs, stages
 
 log = logs.setup(snakemake.log[0])
 stages.set_threads(snakemake.threads)
-stages.train_neighbours(snakemake.input[0], snakemake.output[0], k=snakemake.params.k, block=snakemake.params.block)
+stages.train_neighbours(
+    snakemake.input[0], snakemake.output[0], k=snakemake.params.k, memory_gb=snakemake.params.memory_gb
+)

@@ -1,0 +1,21 @@
+# Descriptors in the pickle layout of the authors' code (MCC-WH/CSA, reference-implementations.md A.2), on request:
+# <results>/csa_export/ mirrors CSA's data folder (test/<dataset>/<network>.pkl, train/<network>.pkl,
+# r1m/<network>.pkl), e.g.  snakemake --cores 1 <results>/csa_export/test/roxford5k/<network>.pkl
+# Not part of `all`.  The same by hand: python -m csa_rerank.export <features.h5> <out.pkl>
+
+
+rule export_csa:
+    input:
+        export_input,
+    output:
+        "<results>/csa_export/{layout}/{network}.pkl",
+    log:
+        "<logs>/export_csa/{layout}/{network}.log",
+    wildcard_constraints:
+        layout=_alternatives(EXPORT_LAYOUTS),
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        protocol=4,  # as the authors' save_pickle; 5 writes R1M in constant memory (csa_rerank.export)
+    script:
+        "../scripts/export_csa.py"
