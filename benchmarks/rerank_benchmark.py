@@ -37,7 +37,7 @@ from csa_rerank.affinity import test_affinity
 from csa_rerank.datasets import load_ground_truth
 from csa_rerank.evaluate import evaluate
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import _autocast_dtype, csa_scores, measure_latency, rerank_topk
+from csa_rerank.rerank import csa_scores, measure_latency, precision_autocast_dtype, rerank_topk
 from csa_rerank.training import TrainConfig, contrastive_loss, load_model, parameter_groups, reconstruction_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def cpu_model() -> str:
 
 def precision_dtype(precision: str) -> torch.dtype:
     """Dtype the matmuls run in: the autocast dtype on CPU, or fp32."""
-    return _autocast_dtype(precision, torch.device("cpu")) or torch.float32
+    return precision_autocast_dtype(precision, torch.device("cpu")) or torch.float32
 
 
 def dtype_name(precision: str) -> str:
@@ -99,7 +99,7 @@ def counted_flops(model: CSAReranker, K: int, precision: str) -> tuple[float, di
     from torch.utils.flop_counter import FlopCounterMode
 
     affinity = torch.rand(1, K + 1, model.config.anchors) * 2 - 1
-    dtype = _autocast_dtype(precision, torch.device("cpu"))
+    dtype = precision_autocast_dtype(precision, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None), counter:
         model.scores(affinity)

@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def precision_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of a precision name on a device; None = plain fp32.
 
     "auto" is fp16 on CUDA (as the authors ran) and bf16 on CPU, where fp16 matmuls are slow or unsupported.
@@ -56,7 +56,7 @@ def csa_scores(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    autocast_dtype = _autocast_dtype(precision, device)
+    autocast_dtype = precision_autocast_dtype(precision, device)
     affinity = torch.as_tensor(affinity, dtype=torch.float32)
     Q, T, _ = affinity.shape
     scores = np.empty((Q, T - 1), dtype=np.float32)
@@ -143,7 +143,7 @@ def measure_latency(
     rss_before = _peak_rss_mb()
     # An enclosing autocast region keeps the low-precision weight copies of the warm-up runs for the timed
     # ones (csa_scores' own region nests inside it), as in a re-ranking run over many queries.
-    autocast_dtype = _autocast_dtype(precision, device)
+    autocast_dtype = precision_autocast_dtype(precision, device)
     times_ms = []
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         for _ in range(warmup):

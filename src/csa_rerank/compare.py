@@ -1,0 +1,129 @@
+"""Pipeline stages of the compared re-ranking methods (Table 5): fit a learned method, re-rank with any method.
+
+A method's output has the layout of a first-round ranking file (``ranks`` [Q, N], the whole list, best first),
+so everything downstream of the first round treats it as one: it is evaluated like a first round (the method's
+own row) and CSA can re-rank it (the "GSS+Ours" and "DFS+Ours" rows).  Its attributes record the method, its
+parameters, the re-ranking latency per query and the memory (Table 6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, h5io
+
+log = logging.getLogger("csa_rerank")
+
+# Methods whose ``fit`` learns weights on the training set, and the module that has it.
+LEARNED = {"LAttQE": "lattqe", "LAttDBA + LAttQE": "lattqe", "CRL": "crl"}
+# The method that needs the images and the network at re-ranking time.
+SPATIAL = "DSM"
+
+
+def fit_method(method: str, db_file: str, features_file: str, neighbours_file: str, params: dict, out_path: str):
+    """Train a learned method on the training split (descriptors, neighbour lists, cluster labels)."""
+    import importlib
+
+    import torch
+
+    if method not in LEARNED:
+        raise ValueError(f"{method!r} has nothing to fit; learned methods: {', '.join(LEARNED)}")
+    module = importlib.import_module(f"csa_rerank.methods.{LEARNED[method]}")
+    clusters = np.asarray(datasets.load_training_db(db_file)["train"]["cluster"])
+    features = h5io.read_array(features_file, "train")
+    neighbours = h5io.read_array(neighbours_file, "train")
+    started = time.perf_counter()
+    weights = module.fit(features, neighbours, clusters, **params)
+    log.info("%s fitted on %d images in %.1f s", method, len(features), time.perf_counter() - started)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_path.with_name(out_path.name + ".part")
+    torch.save(weights, temporary)
+    temporary.replace(out_path)
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def rerank_method(
+    method: str,
+    params: dict,
+    testset_file: str,
+    distractors_file: str | None,
+    knn_file: str,
+    out_path: str,
+    weights_file: str | None = None,
+    images: dict | None = None,
+) -> dict:
+    """Re-rank every query's first-round list with one compared method; writes a ranking file.
+
+    Args:
+        params: the method's keyword parameters (config ``methods.<label>``), over its module's defaults.
+        weights_file: the fitted weights of a learned method (:data:`LEARNED`).
+        images: for DSM, ``{"network": spec, "checkpoint": path or None, "gnd": path, "distractors": list file or
+            None, "image_size": int}``: DSM matches activations of the images themselves.
+    """
+    import torch
+
+    from .methods import METHODS
+    from .stages import load_test_descriptors
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    query, db = load_test_descriptors(testset_file, distractors_file)
+    ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
+    kwargs = dict(params)
+    if method in LEARNED:
+        if not weights_file:
+            raise ValueError(f"{method} needs the weights fitted on the training set")
+        kwargs["weights"] = torch.load(weights_file, map_location="cpu", weights_only=True)
+    rss_before = _peak_rss_gb()
+    started = time.perf_counter()
+    if method == SPATIAL:
+        new_ranks = _rerank_dsm(ranks, images, kwargs)
+    else:
+        new_ranks = METHODS[method](query, db, ranks, **kwargs)
+    seconds = time.perf_counter() - started
+    new_ranks = np.asarray(new_ranks)
+    if new_ranks.shape != ranks.shape or not np.array_equal(np.sort(new_ranks, axis=1), np.sort(ranks, axis=1)):
+        raise RuntimeError(f"{method} returned rankings that are not permutations of the first-round lists")
+    attrs = {
+        "method": method,
+        "params": json.dumps(params, sort_keys=True),
+        "latency_ms": 1000.0 * seconds / len(query),  # all queries in one call: the mean per query
+        "memory_gb": (db.nbytes + query.nbytes) / 2**30 + max(0.0, _peak_rss_gb() - rss_before),
+    }
+    h5io.write_arrays(out_path, {"ranks": new_ranks.astype(np.int32)}, attrs)
+    log.info("%s: %d queries in %.1f s (%.2f ms per query)", method, len(query), seconds, attrs["latency_ms"])
+    return attrs
+
+
+def _rerank_dsm(ranks: np.ndarray, images: dict, kwargs: dict) -> np.ndarray:
+    from .extract import pick_device
+    from .methods import dsm
+    from .stages import build_configured_network
+
+    gnd_file = Path(images["gnd"])
+    gnd = datasets.load_ground_truth(gnd_file)
+    db_paths, query_paths, bbxs = datasets.test_image_paths(gnd_file.parent, gnd)
+    if images.get("distractors"):
+        db_paths = db_paths + datasets.distractor_image_paths(images["distractors"])
+    net, _, _ = build_configured_network(images["network"], images.get("checkpoint"))
+    return dsm.rerank_with_network(
+        net,
+        query_paths,
+        db_paths,
+        ranks,
+        image_size=images["image_size"],
+        query_bbxs=bbxs,
+        device=pick_device(images.get("use_gpu", True)),
+        **kwargs,
+    )
