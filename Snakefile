@@ -1,6 +1,7 @@
-# CSA re-ranking (NeurIPS 2021): from images to every table of the paper.
+# CSA re-ranking (NeurIPS 2021): from images to every table and figure of the paper, and a report.
 #
 #   snakemake --cores all results/table5.csv                           paper configuration (config.yaml)
+#   snakemake --cores all results/report.html                          everything, then Snakemake's HTML report
 #   snakemake --cores all --configfile configs/demo.yaml all            built-in demo -> results/demo/
 #
 # Paths are pathvars (<data>, <results>, <logs>, <benchmarks>) set in the config, so the demo and the paper
@@ -24,7 +25,10 @@ include: "workflow/rules/knn.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/rerank.smk"
+include: "workflow/rules/methods.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 
 

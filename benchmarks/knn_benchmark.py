@@ -94,27 +94,39 @@ def read(path: str, name: str, rows: int | None = None) -> np.ndarray:
 # measurements, each in its own process
 
 
+class Stopwatch:
+    """Wall-clock and CPU seconds (this process, all threads) of a ``with`` block."""
+
+    def __enter__(self) -> Stopwatch:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def result(self, scale: float = 1.0, **extra) -> dict:
+        return {"seconds": self.wall * scale, "cpu_seconds": self.cpu * scale, **extra}
+
+
 def measure_search(spec: dict) -> dict:
     queries = read(spec["data"], "query")
     with h5py.File(spec["data"], "r") as handle:
         db = handle["db"][()] if spec["db_in_memory"] else handle["db"]
         baseline = current_rss()
-        start = time.perf_counter()
-        _, ids = knn.search(queries, db, spec["k"], memory_bytes=spec["memory_bytes"])
-        seconds = time.perf_counter() - start
+        with Stopwatch() as watch:
+            _, ids = knn.search(queries, db, spec["k"], memory_bytes=spec["memory_bytes"])
     np.save(spec["ids_out"], ids[: spec["compare_queries"]])
-    return {"seconds": seconds, "peak": peak_rss(), "baseline": baseline}
+    return watch.result(peak=peak_rss(), baseline=baseline)
 
 
 def measure_self_neighbours(spec: dict) -> dict:
     with h5py.File(spec["data"], "r") as handle:
         features = handle["train"]
         baseline = current_rss()
-        start = time.perf_counter()
-        neighbours = knn.self_neighbours(features, spec["k"], memory_bytes=spec["memory_bytes"])
-        seconds = time.perf_counter() - start
+        with Stopwatch() as watch:
+            neighbours = knn.self_neighbours(features, spec["k"], memory_bytes=spec["memory_bytes"])
     assert np.array_equal(neighbours[:, 0], np.arange(len(neighbours)))
-    return {"seconds": seconds, "peak": peak_rss(), "baseline": baseline}
+    return watch.result(peak=peak_rss(), baseline=baseline)
 
 
 def measure_bare_matmul(spec: dict) -> dict:
@@ -123,13 +135,12 @@ def measure_bare_matmul(spec: dict) -> dict:
     queries = torch.from_numpy(read(spec["data"], spec["queries"]))
     query_rows, db_rows = spec["tiles"]
     timed_rows = min(len(queries), spec["blocks"] * query_rows)
-    start = time.perf_counter()
-    for q_start in range(0, timed_rows, query_rows):
-        block = queries[q_start : q_start + query_rows]
-        for n_start in range(0, len(db), db_rows):
-            block @ db[n_start : n_start + db_rows].T
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds * len(queries) / timed_rows, "timed_queries": timed_rows}
+    with Stopwatch() as watch:
+        for q_start in range(0, timed_rows, query_rows):
+            block = queries[q_start : q_start + query_rows]
+            for n_start in range(0, len(db), db_rows):
+                block @ db[n_start : n_start + db_rows].T
+    return watch.result(len(queries) / timed_rows, timed_queries=timed_rows)
 
 
 def measure_reference(spec: dict) -> dict:
@@ -137,12 +148,11 @@ def measure_reference(spec: dict) -> dict:
     queries = read(spec["data"], "query", spec["queries"])
     db = read(spec["data"], "db")
     baseline = current_rss()
-    start = time.perf_counter()
-    scores = queries @ db.T
-    ranks = np.argsort(-scores, axis=1)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        scores = queries @ db.T
+        ranks = np.argsort(-scores, axis=1)
     np.save(spec["ids_out"], ranks[:, : spec["k"]])
-    return {"seconds": seconds, "peak": peak_rss(), "baseline": baseline}
+    return watch.result(peak=peak_rss(), baseline=baseline)
 
 
 MEASUREMENTS = {
@@ -154,12 +164,15 @@ MEASUREMENTS = {
 
 
 def run_child(kind: str, spec: dict, threads: int) -> dict:
-    """One measurement in a fresh interpreter; its JSON result."""
+    """One measurement in a fresh interpreter (numpy's BLAS limited to ``threads`` too); its JSON result."""
     command = [sys.executable, __file__, "--child", kind, json.dumps(spec), "--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{kind}: {result}", file=sys.stderr)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,6 +181,16 @@ def run_child(kind: str, spec: dict, threads: int) -> dict:
 
 def gb(n_bytes: float) -> str:
     return f"{n_bytes / GiB:.2f}"
+
+
+def timing_cells(result: dict, bare: dict, scale: float = 1.0) -> list[str]:
+    """Wall and CPU seconds, and their ratios to the bare matmul's."""
+    wall, cpu = result["seconds"] * scale, result["cpu_seconds"] * scale
+    return [f"{wall:.1f}", f"{cpu:.1f}", f"{wall / bare['seconds']:.2f} / {cpu / bare['cpu_seconds']:.2f}"]
+
+
+def bare_cells(bare: dict, flops: float) -> list[str]:
+    return [f"{bare['seconds']:.1f} ({flops / bare['seconds'] / 1e9:.0f} GFLOP/s)", f"{bare['cpu_seconds']:.1f}", "1"]
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> str:
@@ -184,69 +207,123 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
     common = {"data": str(data), "k": k, "memory_bytes": budget}
     tiles = knn.tile_sizes(Q, N, D, k, budget)
     ref_q = min(args.reference_queries, Q)
-    results = {}
     searches = {"db read from HDF5": (False, budget), "db in memory": (True, budget)}  # (in memory, budget)
     if args.tight_memory_gb:
-        searches[f"db read from HDF5, `--tight-memory-gb {args.tight_memory_gb:g}`"] = (
-            False,
-            int(args.tight_memory_gb * GiB),
-        )
+        tight = int(args.tight_memory_gb * GiB)
+        searches[f"db read from HDF5, `--tight-memory-gb {args.tight_memory_gb:g}`"] = (False, tight)
+    results = {}
     for name, (in_memory, memory_bytes) in searches.items():
-        spec = {**common, "memory_bytes": memory_bytes, "db_in_memory": in_memory,
-                "ids_out": str(workdir / "ids.npy"), "compare_queries": ref_q}  # fmt: skip
+        spec = {
+            **common,
+            "memory_bytes": memory_bytes,
+            "db_in_memory": in_memory,
+            "ids_out": str(workdir / "ids.npy"),
+            "compare_queries": ref_q,
+        }
         results[name] = run_child("search", spec, args.threads)
-        print(f"search, {name}: {results[name]}", file=sys.stderr)
-    spec = {"data": str(data), "db": "db", "queries": "query", "tiles": tiles, "blocks": Q}
-    results["bare"] = run_child("bare", spec, args.threads)
-    spec = {**common, "queries": ref_q, "ids_out": str(workdir / "ref_ids.npy")}
-    results["reference"] = run_child("reference", spec, args.threads)
+    bare = run_child(
+        "bare", {"data": str(data), "db": "db", "queries": "query", "tiles": tiles, "blocks": Q}, args.threads
+    )
+    ref = run_child("reference", {**common, "queries": ref_q, "ids_out": str(workdir / "ref_ids.npy")}, args.threads)
     same_ids = float(np.mean(np.load(workdir / "ids.npy") == np.load(workdir / "ref_ids.npy")))
-    print(f"bare, reference: {results['bare']}, {results['reference']}", file=sys.stderr)
 
-    bare = results["bare"]["seconds"]
-    matmul_flops = 2 * Q * N * D
     rows = []
     for name, (_, memory_bytes) in searches.items():
         r = results[name]
         search_tiles = knn.tile_sizes(Q, N, D, k, memory_bytes)
-        rows.append([f"`knn.search`, {name}",
-                     f"{Q:,} x {N:,}, top-{k}", f"{search_tiles[0]} x {search_tiles[1]}", f"{r['seconds']:.1f}",
-                     f"{r['seconds'] / bare:.2f}", gb(r["peak"]), gb(r["peak"] - r["baseline"]),
-                     gb(memory_bytes)])  # fmt: skip
-    rows.append(["bare matmul (same tiles, no top-k)", f"{Q:,} x {N:,}", f"{tiles[0]} x {tiles[1]}",
-                 f"{bare:.1f} ({matmul_flops / bare / 1e9:.0f} GFLOP/s)", "1.00", "", "", ""])  # fmt: skip
-    ref = results["reference"]
+        rows.append(
+            [
+                f"`knn.search`, {name}",
+                f"{Q:,} x {N:,}, top-{k}",
+                f"{search_tiles[0]} x {search_tiles[1]}",
+                *timing_cells(r, bare),
+                gb(r["peak"]),
+                gb(r["peak"] - r["baseline"]),
+                gb(memory_bytes),
+            ]
+        )
+    rows.append(
+        [
+            "bare matmul (same tiles, no top-k)",
+            f"{Q:,} x {N:,}",
+            f"{tiles[0]} x {tiles[1]}",
+            *bare_cells(bare, 2 * Q * N * D),
+            "",
+            "",
+            "",
+        ]
+    )
     scale = Q / ref_q
-    ref_seconds, ref_bytes = ref["seconds"] * scale, (ref["peak"] - ref["baseline"]) * scale
-    measured = "" if ref_q == Q else f" (measured on {ref_q:,} queries: {ref['seconds']:.1f} s, x{scale:g})"
-    rows.append([f"reference: [Q, N] scores + argsort{measured}", f"{Q:,} x {N:,}, full ranking", "-",
-                 f"{ref_seconds:.1f}", f"{ref_seconds / bare:.2f}", gb(ref["baseline"] + ref_bytes),
-                 gb(ref_bytes), ""])  # fmt: skip
+    ref_bytes = (ref["peak"] - ref["baseline"]) * scale
+    measured = "" if ref_q == Q else f" (run on {ref_q:,} queries, x{scale:g})"
+    rows.append(
+        [
+            f"reference: [Q, N] scores + argsort{measured}",
+            f"{Q:,} x {N:,}, full ranking",
+            "-",
+            *timing_cells(ref, bare, scale),
+            gb(ref["baseline"] + ref_bytes),
+            gb(ref_bytes),
+            "",
+        ]
+    )
 
     if args.train:
         n = args.train
         train_tiles = knn.tile_sizes(n, n, D, k, budget, result_bytes=8)
-        train = run_child("self_neighbours", {**common}, args.threads)
-        print(f"self_neighbours: {train}", file=sys.stderr)
+        train = run_child("self_neighbours", common, args.threads)
         spec = {"data": str(data), "db": "train", "queries": "train", "tiles": train_tiles, "blocks": args.bare_blocks}
         train_bare = run_child("bare", spec, args.threads)
-        print(f"bare: {train_bare}", file=sys.stderr)
-        scaled = "" if train_bare["timed_queries"] == n else f", timed on {train_bare['timed_queries']:,} queries"
-        rows.append(["`knn.self_neighbours` (training lists, from HDF5)", f"{n:,} x {n:,}, top-{k}, self first",
-                     f"{train_tiles[0]} x {train_tiles[1]}", f"{train['seconds']:.1f}",
-                     f"{train['seconds'] / train_bare['seconds']:.2f}", gb(train["peak"]),
-                     gb(train["peak"] - train["baseline"]), gb(budget)])  # fmt: skip
-        rows.append([f"bare matmul (same tiles, no top-k{scaled})", f"{n:,} x {n:,}",
-                     f"{train_tiles[0]} x {train_tiles[1]}",
-                     f"{train_bare['seconds']:.1f} ({2 * n * n * D / train_bare['seconds'] / 1e9:.0f} GFLOP/s)",
-                     "1.00", "", "", ""])  # fmt: skip
-        rows.append(["reference: the authors' N x N float32 score matrix", f"{n:,} x {n:,}", "-", "", "",
-                     "", gb(4 * n * n), ""])  # fmt: skip
+        timed = "" if train_bare["timed_queries"] == n else f", timed on {train_bare['timed_queries']:,} queries"
+        rows.append(
+            [
+                "`knn.self_neighbours` (training lists, from HDF5)",
+                f"{n:,} x {n:,}, top-{k}, self first",
+                f"{train_tiles[0]} x {train_tiles[1]}",
+                *timing_cells(train, train_bare),
+                gb(train["peak"]),
+                gb(train["peak"] - train["baseline"]),
+                gb(budget),
+            ]
+        )
+        rows.append(
+            [
+                f"bare matmul (same tiles, no top-k{timed})",
+                f"{n:,} x {n:,}",
+                f"{train_tiles[0]} x {train_tiles[1]}",
+                *bare_cells(train_bare, 2 * n * n * D),
+                "",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "reference: the authors' N x N float32 score matrix alone",
+                f"{n:,} x {n:,}",
+                "-",
+                "",
+                "",
+                "",
+                "",
+                gb(4 * n * n),
+                "",
+            ]
+        )
 
-    header = ["case", "size", "tiles (q x n)", "time (s)", "ratio to bare matmul", "peak RSS (GiB)",
-              "above baseline (GiB)", "budget (GiB)"]  # fmt: skip
+    header = [
+        "case",
+        "size",
+        "tiles (q x n)",
+        "wall (s)",
+        "CPU (s)",
+        "ratio to bare matmul (wall / CPU)",
+        "peak RSS (GiB)",
+        "above baseline (GiB)",
+        "budget (GiB)",
+    ]
     lines = [
-        f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}; torch {torch.__version__}, "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, threads {args.threads}; torch {torch.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}",
         f"D = {D}, k = {k}, memory budget `--memory-gb {args.memory_gb:g}`; load average before/after: "
         f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s",
@@ -269,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tight-memory-gb", type=float, default=0.25, help="a second budget for search (0: skip)")
     parser.add_argument("--reference-queries", type=int, default=1000, help="queries the reference is run on")
     parser.add_argument("--bare-blocks", type=int, default=4, help="query blocks of the training bare matmul timed")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch and BLAS threads")
     parser.add_argument("--workdir", type=Path, help="folder for the descriptor file (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)

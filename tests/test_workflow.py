@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from csa_rerank import safe_pickle
 
@@ -49,7 +50,7 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
     jobs = planned_jobs(result.stdout)
     for rule in ("generate_demo_testset", "generate_demo_distractors", "generate_demo_trainset", "extract", "knn",
                  "train_neighbours", "affinity", "train", "rerank_csa", "rerank_affinity_feature",
-                 "evaluate_first_round", "evaluate_rerank", "table"):  # fmt: skip
+                 "evaluate_first_round", "evaluate_rerank", "table", "evaluate_val", "figure", "report"):  # fmt: skip
         assert jobs.get(rule, 0) > 0, rule
     # one job per (dataset, network): 2 test sets with R101-GeM and R101-RMAC (the cross-feature row), the training
     # set with R50/R101/R152-GeM and R101-RMAC (its post-whitening is fitted there); the 600 distractors (R101-GeM)
@@ -57,13 +58,27 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
     assert jobs["extract"] == 8
     assert jobs["extract_shard"] == 3 and jobs["merge_shards"] == 1
     assert jobs["table"] == 7
+    # models: 2 training sets + L = 32, 128 (table 2) + the figures' variants depth0, hidden32, lambda0 (Fig. 2),
+    # tau1 (supplementary Fig. 1), seed1, seed2 (supplementary Fig. 2); the sweeps' default values are the default
+    # model.  Validation-split evaluations: the default model, depth0, hidden32, lambda0, tau1
+    assert jobs["train"] == 4 + 6 and jobs["evaluate_val"] == 5
+    assert jobs["figure"] == 3 and jobs["report"] == 1
 
 
 def test_paper_dry_run_plans_r1m_shards_and_cross_features_offline(tmp_path):
-    # config.yaml in an empty directory: nothing downloaded yet, and no network needed to plan
-    result = snakemake(["-n", "--configfile", str(REPO / "config.yaml")], tmp_path)
+    # config.yaml in an empty directory: nothing downloaded yet, and no network needed to plan; the report is a
+    # target whose inputs are every table and figure, so it plans the whole workflow (all but the rule `all`)
+    result = snakemake(["-n", "results/report.html", "--configfile", str(REPO / "config.yaml")], tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     jobs = planned_jobs(result.stdout)
+    assert jobs["report"] == 1 and jobs["table"] == 7 and jobs["figure"] == 3 and "all" not in jobs
+    # 7 models of the tables + the figures' variants: depth 0, 1, 3, 4; hidden 256, 512, 1024, 1280; lambda 0, 0.1,
+    # 0.5, 1; tau 0.5, 1, 4; seeds 1-4 (the sweeps' default values are the default model, trained once)
+    assert jobs["train"] == 7 + 4 + 4 + 4 + 3 + 4
+    assert "models/rSfM120k-hidden1024/model.pt" in result.stdout and "models/rSfM120k-lambda0.1/" in result.stdout
+    assert "rSfM120k-depth2" not in result.stdout and "rSfM120k-seed0" not in result.stdout
+    # validation split: the default model and its 15 supplementary Fig. 1 variants
+    assert jobs["evaluate_val"] == 16 and "eval/rsfm120k-val/gl18-tl-resnet101-gem-w/csa-rSfM120k-tau4" in result.stdout
     # ceil(1,001,001 / 50,000) = 21 shards of R1M with the first-round network, planned without the image list
     assert jobs["extract_shard"] == 21 and jobs["merge_shards"] == 1
     # gl18 nets: 2 test sets + training set (R101), training set (R50, R152); cross features: 5 nets x 2 test sets;
@@ -122,6 +137,51 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     table3 = pd.read_csv(results / "table3.csv")
     assert list(table3["Training nums"]) == [80, 240]  # 10 clusters - 2 for validation = 8 x 8 images, x3 backbones
 
+    # the figures: one model per sweep value, the default value being the default model of the tables
+    fig2 = pd.read_csv(results / "fig2.csv")
+    assert list(fig2["parameter"]) == ["first round", "depth", "depth", "hidden", "hidden", "lambda", "lambda"]
+    assert list(fig2["model"])[1:] == ["rSfM120k-depth0", "rSfM120k", "rSfM120k-hidden16", "rSfM120k",
+                                       "rSfM120k-lambda0", "rSfM120k"]  # fmt: skip
+    assert fig2.loc[0, "ROxf Hard"] == table5.loc[0, "ROxf Hard"]
+    assert (fig2.loc[fig2["model"] == "rSfM120k", "ROxf Hard"] == table1.loc[2, "ROxf Hard"]).all()  # K=24, L=16
+    assert fig2.loc[2, "paper ROxf Hard"] == 58.4 and fig2.loc[0, "paper ROxf Hard"] == 44.3
+    supp_fig1 = pd.read_csv(results / "supp_fig1.csv")
+    assert list(supp_fig1["parameter"]) == ["first round", "depth", "depth", "temperature", "temperature"]
+    assert list(supp_fig1["model"])[1:] == ["rSfM120k-depth0", "rSfM120k", "rSfM120k-tau1", "rSfM120k"]
+    assert supp_fig1["mAP"].between(0, 100).all() and "paper mAP" not in supp_fig1
+    val = json.loads((results / "eval" / "rsfm120k-val" / "demo-resnet101-gem" / "csa-rSfM120k-tau1" / "K24_L16.json")
+                     .read_text())  # fmt: skip
+    # 2 val clusters x 8 images: each a query against the other 15 (K = 24 capped at 15), 7 positives each
+    assert (val["K"], val["L"], val["n_queries"], val["n_clusters"]) == (15, 16, 16, 2)
+    assert supp_fig1.loc[3, "mAP"] == round(val["rerank"]["mAP"], 2)
+    supp_fig2 = pd.read_csv(results / "supp_fig2.csv")
+    assert list(supp_fig2["parameter"]) == ["first round", "seed", "seed", "mean", "std"]
+    assert list(supp_fig2["model"])[1:3] == ["rSfM120k", "rSfM120k-seed1"]
+    for column in ("ROxf Medium", "RPar Medium", "ROxf Hard", "RPar Hard"):
+        seeds = supp_fig2.loc[1:2, column]
+        assert supp_fig2.loc[3, column] == pytest.approx(seeds.mean(), abs=0.006)
+        assert supp_fig2.loc[4, column] == pytest.approx(seeds.std(ddof=1), abs=0.011)
+    for figure in ("fig2", "supp_fig1", "supp_fig2"):
+        assert (results / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    # each variant was trained with its one change (hidden 16 keeps the head width 32 / 4 = 8: 2 heads)
+    configs = {
+        model: torch.load(results / "models" / model / "model.pt", weights_only=True)
+        for model in ("rSfM120k", "rSfM120k-depth0", "rSfM120k-hidden16", "rSfM120k-tau1", "rSfM120k-seed1")
+    }
+    default = configs["rSfM120k"]["config"]
+    assert configs["rSfM120k-depth0"]["config"] == {**default, "depth": 0}
+    assert configs["rSfM120k-hidden16"]["config"] == {**default, "hidden": 16, "heads": 2}
+    assert configs["rSfM120k-tau1"]["config"] == {**default, "temperature": 1.0}
+    assert configs["rSfM120k-seed1"]["config"] == default
+    weights = configs["rSfM120k-seed1"]["state_dict"]["projection.weight"]
+    assert not torch.equal(weights, configs["rSfM120k"]["state_dict"]["projection.weight"])
+    lambda0 = pd.read_csv(results / "models" / "rSfM120k-lambda0" / "train_log.csv")  # lambda 0: total = contrastive
+    assert np.allclose(lambda0["total"], lambda0["contrastive"]) and (lambda0["reconstruction"] > 0).all()
+    # the report: every table and figure in one HTML file
+    report = (results / "report.html").read_text()
+    for name in ("table5.csv", "table5.md", "fig2.png", "supp_fig1.csv", "supp_fig2.png", "loss.png"):
+        assert name in report, name
+
     # first-round mAP in table 5 equals an independent evaluation of the descriptor files
     for name, label in (("roxford5k", "ROxf"), ("rparis6k", "RPar")):
         gnd = safe_pickle.load(tmp_path / "data" / "ci" / "test" / name / f"gnd_{name}.pkl")["gnd"]
@@ -142,7 +202,10 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     overlay.write_text("training:\n  recon_weight: 0.5\n")
     changed = snakemake(["-n", *CI_CONFIG, str(overlay)], tmp_path)
     jobs = planned_jobs(changed.stdout)
-    assert jobs.get("train") == 3 and jobs.get("rerank_csa", 0) > 0 and jobs.get("table", 0) > 0, jobs
+    # every model but rSfM120k-lambda0 (lambda set by the sweep) retrains, and the sweep's lambda 0.2 is no longer
+    # the default: 7 + rSfM120k-lambda0.2
+    assert jobs.get("train") == 8 and jobs.get("rerank_csa", 0) > 0 and jobs.get("table", 0) > 0, jobs
+    assert "rSfM120k-lambda0/model.pt" not in changed.stdout and jobs.get("report") == 1, jobs
     assert not {"extract", "knn", "affinity", "train_neighbours"} & set(jobs), jobs
 
     # the image size reruns extraction and everything after it
@@ -151,16 +214,17 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     changed = snakemake(["-n", *CI_CONFIG, str(overlay)], tmp_path)
     jobs = planned_jobs(changed.stdout)
     assert jobs.get("extract") == 5 and jobs.get("extract_shard") == 3, jobs
-    assert jobs.get("knn") == 4 and jobs.get("train") == 3, jobs
+    assert jobs.get("knn") == 4 and jobs.get("train") == 8, jobs
     assert "generate_demo_testset" not in jobs
 
     # the 40 distractors were extracted in shards of 16 (16, 16, 8) and merged into one file; a shard that failed
-    # before the merge is extracted again alone
+    # before the merge is extracted again alone.  (The merged file is requested: with the files after it present, a
+    # plain run would not remake a deleted intermediate file.)
     with h5py.File(results / "features" / "r1m" / "demo-resnet101-gem.h5") as handle:
         assert handle["db"].shape[0] == 40 and handle.attrs["shards"] == 3
     (results / "features" / "r1m" / "demo-resnet101-gem" / "shard1.h5").unlink()
     (results / "features" / "r1m" / "demo-resnet101-gem.h5").unlink()
-    jobs = planned_jobs(snakemake(["-n", *CI_CONFIG], tmp_path).stdout)
+    jobs = planned_jobs(snakemake(["-n", "results/ci/features/r1m/demo-resnet101-gem.h5", *CI_CONFIG], tmp_path).stdout)
     assert jobs.get("extract_shard") == 1 and "extract" not in jobs and jobs.get("merge_shards") == 1, jobs
 
     json.loads((results / "models" / "rSfM120k" / "summary.json").read_text())

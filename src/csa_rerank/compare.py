@@ -68,8 +68,9 @@ def rerank_method(
     Args:
         params: the method's keyword parameters (config ``methods.<label>``), over its module's defaults.
         weights_file: the fitted weights of a learned method (:data:`LEARNED`).
-        images: for DSM, ``{"network": spec, "checkpoint": path or None, "gnd": path, "distractors": list file or
-            None, "image_size": int}``: DSM matches activations of the images themselves.
+        images: for DSM, ``{"network": spec, "checkpoint": path or None, "body_checkpoint": path or None, "gnd":
+            path, "distractors": list file or None, "image_size": int, "use_gpu": bool}``: DSM matches activations
+            of the images themselves.
     """
     import torch
 
@@ -116,7 +117,7 @@ def _rerank_dsm(ranks: np.ndarray, images: dict, kwargs: dict) -> np.ndarray:
     db_paths, query_paths, bbxs = datasets.test_image_paths(gnd_file.parent, gnd)
     if images.get("distractors"):
         db_paths = db_paths + datasets.distractor_image_paths(images["distractors"])
-    net, _, _ = build_configured_network(images["network"], images.get("checkpoint"))
+    net = build_configured_network(images["network"], images.get("checkpoint"), images.get("body_checkpoint"))[0]
     return dsm.rerank_with_network(
         net,
         query_paths,

@@ -7,7 +7,7 @@ post-whitening, the file of the dataset that fits it (the training set or the wh
 parameters ``whitening_mean`` [D] (and ``whitening_projection``).  The distractors are extracted in shards
 (``db`` rows ``start`` ... ``stop``, attributes of those names) merged into one file (attribute ``shards``).
 Rankings (``knn``): ``ranks`` [Q, N] int32 (the whole database, best first) and ``scores`` [Q, k] of the top k.
-Training neighbours: ``neighbours`` [N, k] int64, the image itself at position 0.
+Training neighbours: ``train`` and ``val`` [N, k] int64 (attribute ``k``), the image itself at position 0.
 Affinities: ``affinity`` [Q, K+1, L] float32 chunked one query per chunk, ``candidates`` [Q, K].
 Re-rankings: ``topk`` [Q, K] int64, the re-ordered top-K block (db indices), and ``scores`` [Q, K], the new scores
 of the candidates in their first-round order.

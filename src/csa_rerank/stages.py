@@ -272,11 +272,15 @@ def affinity(testset_file: str, distractors_file: str | None, knn_file: str, K: 
 # --------------------------------------------------------------------------------------------------------------
 # evaluation
 def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | None = None) -> dict:
-    """revisitop metrics of the first-round ranking, or of it with its top-K block replaced by a re-ranking."""
+    """revisitop metrics of the first-round ranking, or of it with its top-K block replaced by a re-ranking.
+
+    The latency and memory of whatever produced the evaluated lists are copied from its file's attributes: the
+    re-ranking file, or a compared method's ranking file (:mod:`csa_rerank.compare`).
+    """
     from .evaluate import evaluate as revisitop
 
     ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
-    extra = {}
+    extra = {k: v for k, v in h5io.read_attrs(knn_file).items() if k in ("latency_ms", "memory_gb")}
     if rerank_file:
         topk = h5io.read_array(rerank_file, "topk")
         K = topk.shape[1]
@@ -289,6 +293,52 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
     log.info("%s: %s", out_path, {p: round(result[p]["mAP"], 2) for p in ("easy", "medium", "hard")})
+    return result
+
+
+def evaluate_val(
+    features_file: str,
+    db_file: str,
+    model_file: str,
+    out_path: str,
+    K: int,
+    L: int,
+    precision: str = "auto",
+    batch_size: int = 8,
+    use_gpu: bool = True,
+) -> dict:
+    """First-round and CSA mAP on the training set's ``val`` split (supplementary Fig. 1).
+
+    Every val image is a query against the other val images; its positives are the images of its cluster
+    (:mod:`csa_rerank.validation`).  ``K`` is capped at the number of other images.
+    """
+    from .extract import pick_device
+    from .rerank import csa_scores
+    from .training import load_model
+    from .validation import evaluate_split
+
+    device = pick_device(use_gpu)
+    model = load_model(model_file, device)
+    if model.config.anchors != L:
+        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, not L={L}")
+    features = h5io.read_array(features_file, "val")
+    clusters = np.asarray(datasets.load_training_db(db_file)["val"]["cluster"])
+
+    def scorer(affinity):
+        return csa_scores(model, affinity, batch_size=batch_size, precision=precision, device=device)
+
+    start = time.perf_counter()
+    result = evaluate_split(features, clusters, K, L, scorer, batch_size=batch_size, device=device)
+    if result["K"] != K:
+        log.warning("K=%d exceeds the %d other images of the val split: K=%d", K, result["n_images"] - 1, result["K"])
+    result["model"] = model_file
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    log.info(
+        "%s: %d queries in %.1f s, mAP first round %.2f, CSA %.2f",
+        out_path, result["n_queries"], time.perf_counter() - start,
+        result["first_round"]["mAP"], result["rerank"]["mAP"],
+    )  # fmt: skip
     return result
 
 
@@ -458,7 +508,7 @@ def rerank_csa(
 
     from .affinity import test_affinity
     from .extract import pick_device
-    from .rerank import csa_scores, measure_latency
+    from .rerank import csa_scores, measure_latency, precision_autocast_dtype
     from .training import load_model
 
     device = pick_device(use_gpu)
@@ -475,15 +525,18 @@ def rerank_csa(
     query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
     n_timed = min(latency_queries, len(query))
     times = []
-    for i in [0, 1, 2] + list(range(n_timed)):  # three warm-up queries, then the timed ones
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
-        one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
-        s = csa_scores(model, one, batch_size=1, precision=precision, device=device)
-        np.argsort(-s, axis=1, kind="stable")
-        times.append(time.perf_counter() - start)
+    # One enclosing autocast region: the weights are cast to the low precision once, as in a run over all queries.
+    autocast_dtype = precision_autocast_dtype(precision, device)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for i in [0, 1, 2] + list(range(n_timed)):  # three warm-up queries, then the timed ones
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
+            one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
+            s = csa_scores(model, one, batch_size=1, precision=precision, device=device)
+            np.argsort(-s, axis=1, kind="stable")
+            times.append(time.perf_counter() - start)
     latency_ms = 1000.0 * float(np.median(times[3:]))
     peak = measure_latency(model, K, L, device, precision, repeats=3, warmup=1)["peak_mem_mb"]
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

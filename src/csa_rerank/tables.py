@@ -179,7 +179,7 @@ def build(table: str, layout: dict) -> pd.DataFrame:
 def write(frame: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path) -> None:
     """CSV for machines, Markdown for people (empty cells where the paper has no matching row)."""
     frame.to_csv(csv_path, index=False)
-    text = frame.to_markdown(index=False, floatfmt="g") + "\n"
+    text = frame.astype(object).where(frame.notna(), "").to_markdown(index=False, floatfmt="g") + "\n"
     if frame.empty:
         text += "\nNo row of this table can be computed with the configured experiments.\n"
     Path(markdown_path).write_text(text)

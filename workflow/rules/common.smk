@@ -34,6 +34,33 @@ DOWNLOADS = (
 )
 
 
+# Compared re-ranking methods (Table 5, csa_rerank.methods): config label -> the name in paths.  A method's output
+# is a first-round-shaped ranking <results>/knn/{testset}/{network}~{method}.h5, so the first-round evaluation and
+# CSA apply to it unchanged: {network}~gss is "GSS", and CSA on it "GSS+Ours".
+METHOD_SLUGS = {
+    "AQE": "aqe",
+    "AQEwD": "aqewd",
+    "DQE": "dqe",
+    "αQE": "alphaqe",
+    "LAttQE": "lattqe",
+    "ADBA + AQE": "adba-aqe",
+    "ADBAwD + AQEwD": "adbawd-aqewd",
+    "DDBA + DQE": "ddba-dqe",
+    "αDBA + αQE": "alphadba-alphaqe",
+    "LAttDBA + LAttQE": "lattdba-lattqe",
+    "DSM": "dsm",
+    "CRL": "crl",
+    "GSS": "gss",
+    "DFS": "dfs",
+    "k-reciprocal": "kreciprocal",
+    "SuperGlobal (refinement)": "superglobal",
+}
+METHODS = config.get("methods", {})
+METHOD_OF_SLUG = {METHOD_SLUGS[label]: label for label in METHODS}
+# learned methods -> the module whose fit() trains them (LAttQE and LAttDBA share one model)
+FITTED_BY = {"LAttQE": "lattqe", "LAttDBA + LAttQE": "lattqe", "CRL": "crl"}
+
+
 def _config_error(key, message):
     raise ValueError(f"config key {key}: {message}")
 
@@ -108,6 +135,69 @@ for _l in EXPERIMENTS["table2_L"]:
             "anchors": _l,
         }
 
+# Model variants of the figures (Fig. 2, supplementary Figs. 1 and 2): the default model with one setting changed.
+# Swept parameter -> (config section, key there, tag in the model name, type, axis label).
+SWEEPS = {
+    "depth": ("reranker", "depth", "depth", int, "transformer depth n"),
+    "hidden": ("reranker", "hidden", "hidden", int, "hidden size L'"),
+    "lambda": ("training", "recon_weight", "lambda", float, "weight λ of the MSE loss"),
+    "temperature": ("reranker", "temperature", "tau", float, "temperature τ"),
+    "seed": ("training", "seed", "seed", int, "random seed"),
+}
+# The hidden-size sweep keeps the width of an attention head (the default model's hidden / heads, 768 / 12 = 64 in
+# the paper) and scales the number of heads with the width: the paper's best size, 1024, is no multiple of 12.
+HEAD_WIDTH = max(1, config["reranker"]["hidden"] // config["reranker"]["heads"])
+
+
+def sweep_model(parameter, value, key):
+    """The model of one sweep point, added to MODELS; the default model where the value is the configured one."""
+    section, name, tag, kind, _ = SWEEPS[parameter]
+    value = kind(value)
+    if value == config[section][name]:
+        return DEFAULT_TRAINING_SET
+    overrides = {name: value}
+    if parameter == "hidden":
+        if value % HEAD_WIDTH:
+            _config_error(
+                key,
+                f"hidden size {value} is no multiple of the head width {HEAD_WIDTH} (reranker.hidden / reranker.heads)",
+            )
+        overrides["heads"] = value // HEAD_WIDTH
+    model = (
+        f"{DEFAULT_TRAINING_SET}-{tag}{value:g}"
+        if kind is float
+        else f"{DEFAULT_TRAINING_SET}-{tag}{value}"
+    )
+    MODELS[model] = {
+        "training_set": DEFAULT_TRAINING_SET,
+        "anchors": EXPERIMENTS["L"],
+        section: overrides,
+    }
+    return model
+
+
+# Figure -> {swept parameter: [(value, model), ...]}, panels in the order of SWEEPS; only configured figures.
+FIGURE_SWEEPS = {}
+for _figure in ("fig2", "supp_fig1"):
+    for _parameter in SWEEPS:
+        for _value in EXPERIMENTS.get(_figure, {}).get(_parameter, []):
+            FIGURE_SWEEPS.setdefault(_figure, {}).setdefault(_parameter, []).append(
+                (
+                    _value,
+                    sweep_model(
+                        _parameter, _value, f"experiments.{_figure}.{_parameter}"
+                    ),
+                )
+            )
+if EXPERIMENTS.get("seeds"):
+    FIGURE_SWEEPS["supp_fig2"] = {
+        "seed": [
+            (_seed, sweep_model("seed", _seed, "experiments.seeds"))
+            for _seed in EXPERIMENTS["seeds"]
+        ]
+    }
+FIGURES = list(FIGURE_SWEEPS)
+
 # Neighbours kept per training image: enough for the longest token list and the longest anchor list.
 TRAIN_TOPK = max(
     [config["training"]["K_train"]] + [m["anchors"] for m in MODELS.values()]
@@ -122,7 +212,9 @@ wildcard_constraints:
     # the distractors are extracted in shards (rules extract_shard, merge_shards), every other dataset by `extract`
     dataset=_alternatives(TESTSETS + list({TRAINSET, WHITENING_SET})),
     testset=_alternatives(EVAL_SETS),
-    network=_alternatives(NETWORKS),
+    # a network, or a network's first-round lists re-ranked by a compared method (rule rerank_method)
+    network=f"({_alternatives(NETWORKS)})(~({_alternatives(METHOD_OF_SLUG) or 'none'}))?",
+    method=_alternatives(METHOD_OF_SLUG) or "none",
     model=_alternatives(MODELS),
     reranker=f"affinity_feature|csa-({_alternatives(MODELS)})",
     K=r"\d+",
@@ -225,6 +317,11 @@ def base_testset(testset):
     return testset.split("+")[0]
 
 
+def base_network(network):
+    """The network of a ranking name: 'net' or 'net~method' -> 'net'."""
+    return network.split("~")[0]
+
+
 def ground_truth(testset):
     name = base_testset(testset)
     return f"<data>/test/{name}/gnd_{name}.pkl"
@@ -232,13 +329,12 @@ def ground_truth(testset):
 
 def descriptor_files(wildcards):
     """Descriptors of a test set's database and queries, then of the distractors when the set includes them."""
+    network = base_network(wildcards.network)
     files = {
-        "testset": f"<results>/features/{base_testset(wildcards.testset)}/{wildcards.network}.h5"
+        "testset": f"<results>/features/{base_testset(wildcards.testset)}/{network}.h5"
     }
     if "+" in wildcards.testset:
-        files["distractors"] = (
-            f"<results>/features/{DISTRACTORS}/{wildcards.network}.h5"
-        )
+        files["distractors"] = f"<results>/features/{DISTRACTORS}/{network}.h5"
     return files
 
 
@@ -252,14 +348,22 @@ def training_inputs(wildcards):
 
 
 def reranker_config(wildcards):
-    return {**config["reranker"], "anchors": MODELS[wildcards.model]["anchors"]}
-
-
-def training_hyperparameters():
-    """config["training"] without its process count, which does not change the result (no rerun trigger)."""
+    """config["reranker"] with the model's anchor length and its variant's changes (figures)."""
+    model = MODELS[wildcards.model]
     return {
+        **config["reranker"],
+        "anchors": model["anchors"],
+        **model.get("reranker", {}),
+    }
+
+
+def training_hyperparameters(wildcards):
+    """config["training"] with the model variant's changes (figures), without the process count, which does not
+    change the result (no rerun trigger)."""
+    settings = {
         key: value for key, value in config["training"].items() if key != "processes"
     }
+    return {**settings, **MODELS[wildcards.model].get("training", {})}
 
 
 def evaluation(testset, network, reranker=None, K=None, L=None):
@@ -273,8 +377,25 @@ def rerank_file(wildcards):
     return f"<results>/rerank/{wildcards.testset}/{wildcards.network}/{wildcards.reranker}/K{wildcards.K}_L{wildcards.L}.h5"
 
 
+def val_evaluation(model):
+    """Path of the evaluation JSON of a model on the training set's val split (first-round network, K, L)."""
+    network, K, L = EXPERIMENTS["first_round"], EXPERIMENTS["K"], EXPERIMENTS["L"]
+    return f"<results>/eval/{TRAINSET}-val/{network}/csa-{model}/K{K}_L{L}.json"
+
+
+def tables_and_figures():
+    """Every table (CSV, Markdown) and figure (PNG, CSV): the inputs of the report."""
+    return [f"<results>/{table}.{ext}" for table in TABLES for ext in ("csv", "md")] + [
+        f"<results>/{figure}.{ext}" for figure in FIGURES for ext in ("png", "csv")
+    ]
+
+
 def all_targets():
-    return [f"<results>/{table}.csv" for table in TABLES]
+    return (
+        [f"<results>/{table}.csv" for table in TABLES]
+        + [f"<results>/{figure}.png" for figure in FIGURES]
+        + ["<results>/report.html"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,6 +421,24 @@ def _map_cells(sets, reranker=None, K=None, L=None, network=None):
                 "key": [protocol, "mAP"],
             }
     return cells
+
+
+# Table 5's compared methods in the paper's row order, then the rows added here (not in the paper).
+EXTRA_METHODS = [
+    m for m in ("k-reciprocal", "SuperGlobal (refinement)") if m in METHODS
+]
+PAPER_METHODS = [m for m in METHOD_SLUGS if m in METHODS and m not in EXTRA_METHODS]
+# Table 6's compared methods and their complexities as the paper gives them.
+TABLE6_METHODS = {
+    "DFS": {"Space Cplx.": "O(Nd + Nk)", "Time Cplx.": "O(tK^2)"},
+    "GSS": {"Space Cplx.": "O(Nd + Nk)", "Time Cplx.": "O(Nd + k^2d^2)"},
+    "αQE": {"Space Cplx.": "O(Nd)", "Time Cplx.": "O(Nd + kd)"},
+}
+
+
+def _method_lists(network, label):
+    """The ranking name of a network's first-round lists re-ranked by a compared method."""
+    return f"{network}~{METHOD_SLUGS[label]}"
 
 
 def _csa(training_set_or_model):
@@ -369,6 +508,14 @@ def _table_layout(table):
                 "cells": _map_cells(EVAL_SETS, "affinity_feature", K, L),
             }
         )
+        first = EXPERIMENTS["first_round"]
+        for label in PAPER_METHODS:
+            rows.append(
+                {
+                    "label": label,
+                    "cells": _map_cells(EVAL_SETS, network=_method_lists(first, label)),
+                }
+            )
         for name in TRAINING_SETS:
             rows.append(
                 {
@@ -376,9 +523,47 @@ def _table_layout(table):
                     "cells": _map_cells(EVAL_SETS, _csa(name), K, L),
                 }
             )
+            for label in (
+                "GSS",
+                "DFS",
+            ):  # CSA re-ranking the lists these methods produce
+                if label in METHODS:
+                    rows.append(
+                        {
+                            "label": f"{label}+Ours({name})",
+                            "cells": _map_cells(
+                                EVAL_SETS, _csa(name), K, L, _method_lists(first, label)
+                            ),
+                        }
+                    )
+        for label in EXTRA_METHODS:
+            rows.append(
+                {
+                    "label": f"{label} (not in the paper)",
+                    "cells": _map_cells(EVAL_SETS, network=_method_lists(first, label)),
+                }
+            )
         return {"label_header": "Method", "rows": rows}
     if table == "table6":
         if DISTRACTORS:
+            large = [with_distractors(t) for t in TESTSETS]
+            first = EXPERIMENTS["first_round"]
+            for label, text in TABLE6_METHODS.items():
+                if label not in METHODS:
+                    continue
+                lists = _method_lists(first, label)
+                cells = {
+                    "Re-ranking latency (ms)": {
+                        "file": evaluation(large[0], lists),
+                        "key": ["latency_ms"],
+                    }
+                }
+                for testset in large:
+                    cells[f"Memory (GB) {set_label(testset)}"] = {
+                        "file": evaluation(testset, lists),
+                        "key": ["memory_gb"],
+                    }
+                rows.append({"label": label, "cells": cells, "text": text})
             for k in EXPERIMENTS["table6_K"]:
                 large = [with_distractors(t) for t in TESTSETS]
                 cells = {
@@ -418,6 +603,88 @@ def table_inputs(wildcards):
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Figure layouts (csa_rerank.figures): a first-round baseline and one panel per swept parameter, each point the
+# evaluation of one model variant at the configured K and L.  Fig. 2 and supplementary Fig. 2 are evaluated on the
+# test sets (Fig. 2: the first one, ROxf, as in the paper), supplementary Fig. 1 on the training set's val split.
+FIGURE_TITLES = {
+    "fig2": "Fig. 2: model variants and the weight of the MSE loss",
+    "supp_fig1": "Supplementary Fig. 1: model variants, MSE weight and temperature on the validation split",
+    "supp_fig2": "Supplementary Fig. 2: random seeds",
+}
+
+
+def _figure_cells(figure, model=None):
+    """The cells of one point of a figure: the first round (model None) or one model re-ranking."""
+    if figure == "supp_fig1":
+        key = "first_round" if model is None else "rerank"
+        model = model or DEFAULT_TRAINING_SET
+        return {"mAP": {"file": val_evaluation(model), "key": [key, "mAP"]}}
+    sets = TESTSETS[:1] if figure == "fig2" else TESTSETS
+    if model is None:
+        return _map_cells(sets)
+    return _map_cells(sets, _csa(model), EXPERIMENTS["K"], EXPERIMENTS["L"])
+
+
+def _figure_layout(figure):
+    K, L = EXPERIMENTS["K"], EXPERIMENTS["L"]
+    if figure == "supp_fig1":
+        metric, ylabel = "mAP", f"mAP (%), {TRAINSET} val split"
+    else:
+        metric = f"{set_label(TESTSETS[0])} Hard"
+        ylabel = "mAP (%)" if figure == "supp_fig2" else f"mAP (%), {metric}"
+    return {
+        "title": f"{FIGURE_TITLES[figure]} (K={K}, L={L})",
+        "metric": metric,
+        "ylabel": ylabel,
+        # the paper's numbers are drawn for the real data only: beside the demo's they would flatten its curves
+        "paper_in_plot": not config.get("demo"),
+        "baseline": {
+            "label": f"first round ({FIRST_ROUND_LABEL})",
+            "cells": _figure_cells(figure),
+        },
+        "panels": [
+            {
+                "parameter": parameter,
+                "label": SWEEPS[parameter][4],
+                "points": [
+                    {
+                        "value": value,
+                        "model": model,
+                        "cells": _figure_cells(figure, model),
+                    }
+                    for value, model in values
+                ],
+            }
+            for parameter, values in FIGURE_SWEEPS[figure].items()
+        ],
+    }
+
+
+def figure_layout(figure):
+    """The layout with its files' pathvars resolved, ready to be a rule parameter."""
+    layout = _figure_layout(figure)
+    cells = [layout["baseline"]["cells"]] + [
+        point["cells"] for panel in layout["panels"] for point in panel["points"]
+    ]
+    for row in cells:
+        for cell in row.values():
+            cell["file"] = workflow.pathvars.apply(cell["file"])
+    return layout
+
+
+def figure_layout_of(wildcards):
+    return figure_layout(wildcards.figure)
+
+
+def figure_inputs(wildcards):
+    layout = figure_layout(wildcards.figure)
+    cells = [layout["baseline"]["cells"]] + [
+        point["cells"] for panel in layout["panels"] for point in panel["points"]
+    ]
+    return sorted({cell["file"] for row in cells for cell in row.values()})
+
+
 def demo_seed(wildcards):
     """Each demo test set has its own landmarks: its seed is the demo seed plus its position."""
     return config["demo"]["seed"] + 1 + TESTSETS.index(wildcards.dataset)
@@ -437,3 +704,45 @@ def testset_ground_truth(wildcards):
 
 def table_layout_of(wildcards):
     return table_layout(wildcards.table)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compared methods (workflow/rules/methods.smk)
+def method_label(wildcards):
+    return METHOD_OF_SLUG[wildcards.method]
+
+
+def method_inputs(wildcards):
+    label = METHOD_OF_SLUG[wildcards.method]
+    inputs = {
+        **descriptor_files(wildcards),
+        "knn": f"<results>/knn/{wildcards.testset}/{wildcards.network}.h5",
+    }
+    if label in FITTED_BY:
+        inputs["weights"] = (
+            f"<results>/methods/{FITTED_BY[label]}/{wildcards.network}.pt"
+        )
+    if label == "DSM":  # the images and the network, at re-ranking time
+        data = raw_data_of(base_testset(wildcards.testset))
+        inputs.update(images=data["images"], gnd=data["listing"])
+        spec = NETWORKS[wildcards.network]
+        for key in ("checkpoint", "body_checkpoint"):
+            if spec.get(key):
+                inputs[key] = spec[key]
+        if "+" in wildcards.testset:
+            distractors = raw_data_of(DISTRACTORS)
+            inputs.update(
+                distractor_images=distractors["images"],
+                distractor_list=distractors["listing"],
+            )
+    return inputs
+
+
+def dsm_settings(wildcards):
+    """What DSM needs besides descriptors: the network's spec and the image size (other methods: nothing)."""
+    if METHOD_OF_SLUG[wildcards.method] != "DSM":
+        return {}
+    return {
+        "network": NETWORKS[wildcards.network],
+        "image_size": config["extraction"]["image_size"],
+    }

@@ -11,6 +11,8 @@ rule knn:
         "<logs>/knn/{testset}/{network}.log",
     benchmark:
         "<benchmarks>/knn/{testset}/{network}.tsv"
+    wildcard_constraints:
+        network=_alternatives(NETWORKS),  # {network}~{method} lists come from rule rerank_method
     conda:
         "../../envs/torch.yaml"
     threads: 2

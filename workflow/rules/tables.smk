@@ -10,9 +10,17 @@ rule table:
         table_inputs,
     output:
         csv=report(
-            "<results>/{table}.csv", caption="../report/table.rst", category="Tables"
+            "<results>/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "file": "CSV"},
         ),
-        markdown="<results>/{table}.md",
+        markdown=report(
+            "<results>/{table}.md",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "file": "Markdown"},
+        ),
     log:
         "<logs>/tables/{table}.log",
     wildcard_constraints:

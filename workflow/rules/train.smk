@@ -1,5 +1,6 @@
-# CSA training: one job per model (training set x anchor length).  A checkpoint after every epoch lets a killed
-# job resume where it stopped; changing a re-ranker or training hyperparameter retrains (params trigger).
+# CSA training: one job per model (training set x anchor length, and the figures' variants of the default model).
+# A checkpoint after every epoch lets a killed job resume where it stopped; changing a re-ranker or training
+# hyperparameter retrains (params trigger).
 
 
 rule train:
@@ -26,6 +27,6 @@ rule train:
         gpu=config["training"]["processes"],
     params:
         reranker=reranker_config,
-        training=training_hyperparameters(),
+        training=training_hyperparameters,
     script:
         "../scripts/train.py"

@@ -1,0 +1,57 @@
+# The figures of model variants (Fig. 2, supplementary Figs. 1 and 2): their points as CSV, one PNG each.  Every
+# point is a model trained by `train` (common.smk: MODELS, FIGURE_SWEEPS), evaluated on the test sets by
+# `rerank_csa` + `evaluate_rerank`, or on the training set's val split by `evaluate_val`.
+
+
+localrules:
+    figure,
+
+
+rule evaluate_val:
+    input:
+        features=f"<results>/features/{TRAINSET}/{{network}}.h5",
+        db=raw_data_of(TRAINSET)["listing"],
+        model="<results>/models/{model}/model.pt",
+    output:
+        f"<results>/eval/{TRAINSET}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.json",
+    log:
+        f"<logs>/evaluate/{TRAINSET}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.log",
+    benchmark:
+        f"<benchmarks>/evaluate_val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=config["rerank"],
+    script:
+        "../scripts/evaluate_val.py"
+
+
+rule figure:
+    input:
+        figure_inputs,
+    output:
+        png=report(
+            "<results>/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}", "file": "plot"},
+        ),
+        csv=report(
+            "<results>/{figure}.csv",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}", "file": "points (CSV)"},
+        ),
+    log:
+        "<logs>/figures/{figure}.log",
+    wildcard_constraints:
+        figure="|".join(FIGURES) or "no-figure-configured",
+    conda:
+        "../../envs/tables.yaml"
+    params:
+        layout=figure_layout_of,
+    script:
+        "../scripts/make_figure.py"

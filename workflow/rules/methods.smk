@@ -1,0 +1,57 @@
+# Compared re-ranking methods (Table 5; csa_rerank.methods, csa_rerank.compare).  Each re-ranks the first-round
+# lists of a (test set, network) into a first-round-shaped file <results>/knn/{testset}/{network}~{method}.h5:
+# rule evaluate_first_round gives the method's row, and the CSA rules applied to {network}~{method} give the
+# "+Ours" rows.  Learned methods are fitted once per network on the training split.
+
+
+rule fit_method:
+    input:
+        db="<data>/train/retrieval-SfM-120k/retrieval-SfM-120k.pkl",
+        features=f"<results>/features/{TRAINSET}/{{network}}.h5",
+        neighbours="<results>/neighbours/{network}.h5",
+    output:
+        "<results>/methods/{module}/{network}.pt",
+    log:
+        "<logs>/fit_method/{module}/{network}.log",
+    benchmark:
+        "<benchmarks>/fit_method/{module}/{network}.tsv"
+    wildcard_constraints:
+        module="lattqe|crl",
+        network=_alternatives(NETWORKS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        # LAttQE's settings train the model that LAttDBA + LAttQE shares
+        method=lambda wildcards: {"lattqe": "LAttQE", "crl": "CRL"}[wildcards.module],
+        settings=lambda wildcards: METHODS.get(
+            {"lattqe": "LAttQE", "crl": "CRL"}[wildcards.module], {}
+        ).get("fit", {}),
+    script:
+        "../scripts/fit_method.py"
+
+
+rule rerank_method:
+    input:
+        unpack(method_inputs),
+    output:
+        "<results>/knn/{testset}/{network}~{method}.h5",
+    log:
+        "<logs>/rerank_method/{testset}/{network}~{method}.log",
+    benchmark:
+        "<benchmarks>/rerank_method/{testset}/{network}~{method}.tsv"
+    wildcard_constraints:
+        network=_alternatives(NETWORKS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        method=method_label,
+        settings=lambda wildcards: {
+            key: value
+            for key, value in METHODS[METHOD_OF_SLUG[wildcards.method]].items()
+            if key != "fit"
+        },
+        dsm=dsm_settings,
+    script:
+        "../scripts/rerank_method.py"

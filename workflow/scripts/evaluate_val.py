@@ -1,0 +1,17 @@
+"""Snakemake script: first-round and CSA mAP of one model on the training set's val split (supplementary Fig. 1)."""
+
+from csa_rerank import logs, stages
+
+log = logs.setup(snakemake.log[0])
+stages.set_threads(snakemake.threads)
+stages.evaluate_val(
+    features_file=snakemake.input.features,
+    db_file=snakemake.input.db,
+    model_file=snakemake.input.model,
+    out_path=snakemake.output[0],
+    K=int(snakemake.wildcards.K),
+    L=int(snakemake.wildcards.L),
+    precision=snakemake.params.settings["precision"],
+    batch_size=snakemake.params.settings["batch_size"],
+    use_gpu=snakemake.resources.get("gpu", 0) > 0,
+)
