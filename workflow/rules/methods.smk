@@ -18,11 +18,11 @@ rule fit_method:
     wildcard_constraints:
         module="lattqe|crl",
         network=_alternatives(NETWORKS),
+    # started as soon as the training descriptors exist, so that a long fit does not end the run alone
+    priority: 1
     conda:
         "../../envs/torch.yaml"
     threads: 2
-    # started as soon as the training descriptors exist, so that a long fit does not end the run alone
-    priority: 1
     params:
         # LAttQE's settings train the model that LAttDBA + LAttQE shares
         method=lambda wildcards: {"lattqe": "LAttQE", "crl": "CRL"}[wildcards.module],
