@@ -58,10 +58,10 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
     assert jobs["extract"] == 8
     assert jobs["extract_shard"] == 3 and jobs["merge_shards"] == 1
     assert jobs["table"] == 7
-    # models: 2 training sets + L = 32, 128 (table 2) + the figures' variants depth0, hidden32, lambda0 (Fig. 2),
-    # tau1 (supplementary Fig. 1), seed1, seed2 (supplementary Fig. 2); the sweeps' default values are the default
+    # models: 2 training sets + L = 32 (table 2) + the figures' variants depth0, hidden32, lambda0 (Fig. 2),
+    # tau1 (supplementary Fig. 1), seed1 (supplementary Fig. 2); the sweeps' default values are the default
     # model.  Validation-split evaluations: the default model, depth0, hidden32, lambda0, tau1
-    assert jobs["train"] == 4 + 6 and jobs["evaluate_val"] == 5
+    assert jobs["train"] == 3 + 5 and jobs["evaluate_val"] == 5
     assert jobs["figure"] == 3 and jobs["report"] == 1
 
 
