@@ -11,13 +11,7 @@ from csa_rerank import compare, h5io
 from csa_rerank.knn import search, self_neighbours
 from csa_rerank.methods import qe
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # conftest.py
 
 
 def unit_rows(n, d, seed):
