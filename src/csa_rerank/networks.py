@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 ARCHITECTURES = ("resnet50", "resnet101", "resnet152", "vgg16")
@@ -159,6 +158,9 @@ class RMAC(nn.Module):
 
 def build_body(arch: str) -> tuple[nn.Sequential, int]:
     """The convolutional body of a torchvision architecture (no pooling, no classifier) and its output width."""
+    # imported here: torchvision pulls in torch._dynamo (~1 s), a cost every re-ranking job would pay otherwise
+    import torchvision
+
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if arch == "vgg16":

@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from matplotlib.figure import Figure  # the object API needs no pyplot backend: it renders with Agg
 from tqdm.auto import tqdm
 
 from csa_rerank.affinity import train_affinity
@@ -584,6 +583,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReran
 
 def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
     """Plot the per-epoch losses and the learning rate of ``train_log.csv`` into a PNG."""
+    # imported here, not by every job that loads a model; the object API needs no pyplot backend (Agg)
+    from matplotlib.figure import Figure
+
     log = pd.read_csv(log_csv)
     figure = Figure(figsize=(10, 4), layout="constrained")
     losses, lrs = figure.subplots(1, 2)
