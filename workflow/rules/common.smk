@@ -347,6 +347,12 @@ def training_inputs(wildcards):
     }
 
 
+def training_priority(wildcards):
+    """The longest training first: one on the samples of n backbones takes about n times as long as one on a
+    single backbone's, and would otherwise start last and end the run alone."""
+    return len(TRAINING_SETS[MODELS[wildcards.model]["training_set"]])
+
+
 def reranker_config(wildcards):
     """config["reranker"] with the model's anchor length and its variant's changes (figures)."""
     model = MODELS[wildcards.model]

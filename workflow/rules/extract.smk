@@ -13,6 +13,8 @@ rule extract:
         "<logs>/extract/{dataset}/{network}.log",
     benchmark:
         "<benchmarks>/extract/{dataset}/{network}.tsv"
+    # every later stage waits on descriptors: extract before anything else is started
+    priority: 1
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -39,6 +41,7 @@ if DISTRACTORS:
             f"<benchmarks>/extract/{DISTRACTORS}/{{network}}/shard{{shard}}.tsv"
         wildcard_constraints:
             shard=r"\d+",
+        priority: 1
         conda:
             "../../envs/torch.yaml"
         threads: 4

@@ -31,6 +31,8 @@ rule train_neighbours:
         "<logs>/train_neighbours/{network}.log",
     benchmark:
         "<benchmarks>/train_neighbours/{network}.tsv"
+    # the trainings, the longest jobs, wait on it
+    priority: 1
     conda:
         "../../envs/torch.yaml"
     threads: 2

@@ -20,6 +20,7 @@ rule train:
         "<logs>/train/{model}.log",
     benchmark:
         "<benchmarks>/train/{model}.tsv"
+    priority: training_priority
     conda:
         "../../envs/torch.yaml"
     threads: 2
