@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from csa_rerank.affinity import test_affinity
+from csa_rerank.allocator import retain_freed_memory
 from csa_rerank.datasets import load_ground_truth
 from csa_rerank.evaluate import evaluate
 from csa_rerank.model import CSAConfig, CSAReranker
@@ -539,18 +540,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["latency", "reference", "map", "training"], help="sections to skip"
     )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc malloc's settings alone (the pipeline's jobs keep freed memory: csa_rerank.allocator)",
+    )
     args = parser.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.threads or cores
     torch.set_num_threads(threads)
+    allocator = "glibc defaults" if args.default_allocator else "freed memory retained (as the pipeline's jobs)"
+    if not args.default_allocator and not retain_freed_memory():
+        allocator = "not glibc: defaults"
     started = time.perf_counter()
 
     out = ["# CSA re-ranking benchmark (CPU)\n"]
     out.append(
         f"- CPU: {cpu_model()}, {cores} usable cores, torch threads {torch.get_num_threads()}, "
         f"ISA level `{torch.backends.cpu.get_cpu_capability()}`\n"
-        f"- torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}\n"
+        f"- torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}; allocator: "
+        f"{allocator}\n"
         f"- command: `{' '.join(['python', 'benchmarks/rerank_benchmark.py', *(argv or sys.argv[1:])])}`\n"
     )
 

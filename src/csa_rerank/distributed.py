@@ -66,7 +66,7 @@ def main(settings_file: str) -> None:
     settings = json.loads(Path(settings_file).read_text())
     use_cuda = settings.get("use_gpu", True) and torch.cuda.is_available()
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    stages.prepare_job(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rank = dist.get_rank()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,

@@ -343,12 +343,17 @@ def evaluate_val(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# threads
-def set_threads(threads: int) -> None:
-    """Use the job's threads for torch's intra-op parallelism (Snakemake sets OMP_NUM_THREADS to match)."""
+# process settings
+def prepare_job(threads: int) -> None:
+    """Settings of a job that runs torch: the job's threads for torch's intra-op parallelism (Snakemake sets
+    OMP_NUM_THREADS to match), and an allocator that keeps freed memory for the next batch
+    (:mod:`csa_rerank.allocator`)."""
     import torch
 
+    from .allocator import retain_freed_memory
+
     torch.set_num_threads(max(1, int(threads)))
+    retain_freed_memory()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from csa_rerank import compare, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.set_threads(snakemake.threads)
+stages.prepare_job(snakemake.threads)
 images = None
 if snakemake.params.dsm:
     images = {

@@ -3,7 +3,7 @@
 from csa_rerank import logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.set_threads(snakemake.threads)
+stages.prepare_job(snakemake.threads)
 stages.train(
     db_file=snakemake.input.db,
     feature_files=list(snakemake.input.features),

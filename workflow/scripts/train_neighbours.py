@@ -3,7 +3,7 @@
 from csa_rerank import logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.set_threads(snakemake.threads)
+stages.prepare_job(snakemake.threads)
 stages.train_neighbours(
     snakemake.input[0], snakemake.output[0], k=snakemake.params.k, memory_gb=snakemake.params.memory_gb
 )
