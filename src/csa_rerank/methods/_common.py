@@ -1,9 +1,13 @@
-"""What the training-free methods share: L2 normalisation, the scores of a ranked list, re-sorting a list.
+"""What the methods share: L2 normalisation, the scores of a ranked list, re-sorting a list, the minibatch loop
+and the weights file of the learned ones.
 
 All arrays are query-major: ``ranks`` [Q, N'] holds database indices, best first (N' <= N).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -59,3 +63,34 @@ def sort_list(ranks: np.ndarray, scores: torch.Tensor | np.ndarray) -> np.ndarra
     """Each row of ``ranks`` [Q, N'] reordered by descending ``scores`` [Q, N']; ties keep their list order."""
     order = torch.sort(torch.as_tensor(scores), dim=1, descending=True, stable=True).indices.numpy()
     return np.take_along_axis(np.asarray(ranks), order, axis=1)
+
+
+def train_minibatches(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    n_samples: int,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Train ``epochs`` passes of shuffled minibatches (the last incomplete one dropped) and return the mean loss
+    of every epoch, [epochs] float64.  ``batch_loss`` maps a batch's sample ids [B] to its scalar loss."""
+    batches = max(1, n_samples // batch_size)
+    losses = torch.zeros(epochs, dtype=torch.float64)
+    for epoch in range(epochs):
+        order = torch.randperm(n_samples, generator=generator)
+        for batch in range(batches):
+            loss = batch_loss(order[batch * batch_size : (batch + 1) * batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[epoch] += loss.item() / batches
+    return losses
+
+
+def fitted_weights(config, model: torch.nn.Module, losses: torch.Tensor) -> dict:
+    """A learned method's weights file: ``{"config": dict, "state_dict": {name: tensor}, "losses": tensor}``,
+    plain tensors and builtins only, so that ``torch.load(weights_only=True)`` reads it."""
+    state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    return {"config": asdict(config), "state_dict": state_dict, "losses": losses}

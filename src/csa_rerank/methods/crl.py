@@ -37,14 +37,14 @@ the base rate and ranked below the first round, even on its training queries.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from csa_rerank.affinity import test_affinity
-from csa_rerank.methods._common import as_tensor
+from csa_rerank.methods._common import as_tensor, fitted_weights, train_minibatches
 from csa_rerank.rerank import rerank_topk
 from csa_rerank.training import TrainingSamples
 
@@ -116,24 +116,17 @@ def fit(
     config = CRLConfig(**architecture)
     samples = TrainingSamples([features], [neighbours], [clusters], None if queries is None else [queries])
     generator = torch.Generator().manual_seed(seed)
-    batches = max(1, len(samples) // batch_size)
-    losses = torch.zeros(epochs, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):  # the initialisation leaves the caller's random stream alone
         torch.manual_seed(seed)
         model = RelevanceNet(config)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        for epoch in range(epochs):
-            order = torch.randperm(len(samples), generator=generator)
-            for batch in range(batches):
-                ids = order[batch * batch_size : (batch + 1) * batch_size]
-                affinity, labels = samples.batch(ids, K_train, config.anchors, "cpu")  # [B, K, L], [B, K]
-                loss = listwise_loss(model(affinity), labels[:, 1:])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses[epoch] += loss.item() / batches
-    state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    return {"config": asdict(config), "state_dict": state_dict, "losses": losses}
+
+        def batch_loss(ids: torch.Tensor) -> torch.Tensor:
+            affinity, labels = samples.batch(ids, K_train, config.anchors, "cpu")  # [B, K, L], [B, K]
+            return listwise_loss(model(affinity), labels[:, 1:])
+
+        losses = train_minibatches(model, optimizer, batch_loss, len(samples), batch_size, epochs, generator)
+    return fitted_weights(config, model, losses)
 
 
 def load(weights: dict) -> RelevanceNet:

@@ -48,7 +48,7 @@ trained) but LAttDBA + LAttQE clearly (21.20 -> 23.04).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csa_rerank.knn import self_neighbours
-from csa_rerank.methods._common import as_tensor, list_scores
+from csa_rerank.methods._common import as_tensor, fitted_weights, list_scores, train_minibatches
 from csa_rerank.rerank import rerank_topk
 from csa_rerank.training import TrainingSamples
 
@@ -162,26 +162,20 @@ def fit(
     if samples.neighbours.shape[1] < max(config.k + 1, K_train):
         raise ValueError(f"neighbour lists have {samples.neighbours.shape[1]} columns, need {config.k + 1}, {K_train}")
     generator = torch.Generator().manual_seed(seed)
-    batches = max(1, len(samples) // batch_size)
-    losses = torch.zeros(epochs, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):  # initialisation and dropout draws leave the caller's stream alone
         torch.manual_seed(seed)
         model = LAttQE(config).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        for epoch in range(epochs):
-            order = torch.randperm(len(samples), generator=generator)
-            for batch in range(batches):
-                rows = samples.neighbours[samples.queries[order[batch * batch_size : (batch + 1) * batch_size]]]
-                expanded = model(samples.features[rows[:, : config.k + 1]])  # [B, D]
-                candidates = rows[:, 1:K_train]  # [B, K_train - 1]
-                positive = samples.clusters[candidates] == samples.clusters[rows[:, :1]]
-                loss = contrastive_loss(expanded, samples.features[candidates], positive, margin)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses[epoch] += loss.item() / batches
-    state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    return {"config": asdict(config), "state_dict": state_dict, "losses": losses}
+
+        def batch_loss(ids: torch.Tensor) -> torch.Tensor:
+            rows = samples.neighbours[samples.queries[ids]]
+            expanded = model(samples.features[rows[:, : config.k + 1]])  # [B, D]
+            candidates = rows[:, 1:K_train]  # [B, K_train - 1]
+            positive = samples.clusters[candidates] == samples.clusters[rows[:, :1]]
+            return contrastive_loss(expanded, samples.features[candidates], positive, margin)
+
+        losses = train_minibatches(model, optimizer, batch_loss, len(samples), batch_size, epochs, generator)
+    return fitted_weights(config, model, losses)
 
 
 def load(weights: dict) -> LAttQE:
