@@ -9,7 +9,8 @@ Sections (all on the CPU, all cores, ``torch.set_num_threads(cores)``):
 
 1. latency per query of the paper-size model (``CSAConfig()`` defaults, random init, eval mode), one query
    [1, K+1, L] at a time through :func:`csa_rerank.rerank.csa_scores`, median after warm-up, in "auto" (bf16
-   autocast on CPU) and fp32;
+   on CPU, through oneDNN Graph: :mod:`csa_rerank.onednn_graph`), "auto" with eager bf16 autocast (what the
+   default replaces, for comparison) and fp32;
 2. FLOPs per query, analytic and from ``torch.utils.flop_counter.FlopCounterMode``;
 3. matmul throughput in each precision measured in the same run, and latency / (FLOPs / throughput);
    a ``torch.profiler`` breakdown at K = 1024;
@@ -38,11 +39,14 @@ from csa_rerank.allocator import retain_freed_memory
 from csa_rerank.datasets import load_ground_truth
 from csa_rerank.evaluate import evaluate
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import csa_scores, measure_latency, precision_autocast_dtype, rerank_topk
+from csa_rerank.onednn_graph import onednn_fusion
+from csa_rerank.rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype, rerank_topk
 from csa_rerank.training import TrainConfig, contrastive_loss, load_model, parameter_groups, reconstruction_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("auto", "fp32")
+# Latency variants (precision, onednn_graph): the default path, the eager bf16 path it replaces, and fp32.
+VARIANTS = (("auto", True), ("auto", False), ("fp32", True))
 KS = (128, 256, 512, 1024, 1536)
 
 
@@ -73,6 +77,14 @@ def precision_dtype(precision: str) -> torch.dtype:
 
 def dtype_name(precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[precision_dtype(precision)]
+
+
+def variant_name(model: CSAReranker, precision: str, onednn_graph: bool) -> str:
+    """How ``csa_scores`` runs a (precision, onednn_graph) pair on this CPU, e.g. "auto (bf16, oneDNN Graph)"."""
+    fused = fused_cpu_encoder(model, precision, torch.device("cpu"), onednn_graph) is not None
+    if precision_dtype(precision) is torch.float32:
+        return f"{precision} (fp32)"
+    return f"{precision} ({dtype_name(precision)}, {'oneDNN Graph' if fused else 'eager autocast'})"
 
 
 def analytic_flops(K: int, config: CSAConfig) -> dict[str, float]:
@@ -124,34 +136,68 @@ def matmul_throughput(m: int, k: int, n: int, dtype: torch.dtype, min_seconds: f
     return 2 * m * k * n / float(np.median(times))
 
 
-def profile_breakdown(model: CSAReranker, K: int, precision: str, runs: int = 3, top: int = 10) -> tuple[str, dict]:
+def partition_labels(model: CSAReranker, K: int, executed: list[str]) -> dict[str, str]:
+    """What each fused oneDNN Graph partition of the default CPU path computes, by its profiler name.
+
+    ``executed``: the profiler's ``LlgaPartition_<n>`` events of one forward pass in execution order; the n are
+    numbered process-wide, so they are matched to the graph's fusion groups, which are listed in the same order.
+    """
+    encoder = fused_cpu_encoder(model, "auto", torch.device("cpu"))
+    affinity = torch.rand(1, K + 1, model.config.anchors).bfloat16()
+    with onednn_fusion():
+        graph = str(encoder.module.graph_for(affinity))
+    labels = []
+    for body in graph.split("with prim::oneDNNFusionGroup_")[1:]:
+        if "aten::softmax" in body:
+            labels.append("attention: Q K^T, scale, softmax, P V")
+        elif "aten::gelu" in body:
+            labels.append("linear + GELU")
+        elif "aten::add" in body:
+            labels.append("linear + residual add")
+        else:
+            labels.append("linear")
+    names = list(dict.fromkeys(executed))
+    if len(names) != len(labels):
+        raise RuntimeError(f"{len(names)} fused partitions ran, the graph lists {len(labels)}")
+    return dict(zip(names, labels, strict=True))
+
+
+def profile_breakdown(
+    model: CSAReranker, K: int, precision: str, onednn_graph: bool, runs: int = 3, top: int = 12
+) -> tuple[str, dict]:
     """Self-CPU-time breakdown of ``csa_scores`` at K (one query): a Markdown table and time per group."""
     from torch.profiler import ProfilerActivity, profile
 
     affinity = torch.rand(1, K + 1, model.config.anchors) * 2 - 1
-    csa_scores(model, affinity, batch_size=1, precision=precision)  # warm-up
+    for _ in range(2):  # warm-up (and TorchScript's profiling run of this shape)
+        csa_scores(model, affinity, 1, precision, onednn_graph=onednn_graph)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(runs):
-            csa_scores(model, affinity, batch_size=1, precision=precision)
+            csa_scores(model, affinity, 1, precision, onednn_graph=onednn_graph)
+    executed = [e.name for e in prof.events() if e.name.startswith("LlgaPartition_")]
+    labels = partition_labels(model, K, executed) if executed else {}
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total_us = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     rows = [
         [
-            f"`{e.key}`",
+            f"`{e.key}`" + (f" ({labels[e.key]})" if e.key in labels else ""),
             e.count // runs,
             f"{e.self_cpu_time_total / runs / 1000:.2f}",
             f"{100 * e.self_cpu_time_total / total_us:.1f}",
         ]
         for e in events[:top]
     ]
-    groups = {"matmul (linear layers)": 0.0, "attention (SDPA kernel)": 0.0, "casts / copies": 0.0, "other": 0.0}
+    linear, attention = "linear layers", "attention (Q K^T, softmax, P V)"
+    groups = {linear: 0.0, attention: 0.0, "casts / copies": 0.0, "other": 0.0}
     for e in events:
         key = e.key
-        if key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"):
-            group = "matmul (linear layers)"
-        elif "scaled_dot_product" in key or "flash_attention" in key:
-            group = "attention (SDPA kernel)"
+        if key in labels:
+            group = attention if labels[key].startswith("attention") else linear
+        elif key in ("aten::addmm", "aten::mm", "aten::linear"):
+            group = linear
+        elif key in ("aten::bmm", "aten::_softmax") or "scaled_dot_product" in key or "flash_attention" in key:
+            group = attention
         elif key in ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous"):
             group = "casts / copies"
         else:
@@ -268,20 +314,20 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
     # Latency.
     out.append("### Latency per query (one query [1, K+1, 512] -> scores, `csa_scores(batch_size=1)`)\n")
     rows = []
-    latency: dict[tuple[int, str], float] = {}
+    latency: dict[tuple[int, str, bool], float] = {}
     for K in KS:
         flops = analytic_flops(K, config)["total"]
-        for precision in PRECISIONS:
+        for precision, onednn_graph in VARIANTS:
             warmup = 2 if args.quick else 3
-            result = measure_latency(model, K, L, "cpu", precision=precision, repeats=repeats[K], warmup=warmup)
+            result = measure_latency(model, K, L, "cpu", precision, repeats[K], warmup, onednn_graph)
             median_s = result["median_ms"] / 1000
-            latency[K, precision] = median_s
+            latency[K, precision, onednn_graph] = median_s
             ideal_model = flops / throughput[precision][model_shape]
             ideal_square = flops / throughput[precision][square]
             rows.append(
                 [
                     K,
-                    f"{precision} ({dtype_name(precision)})",
+                    variant_name(model, precision, onednn_graph),
                     f"{result['median_ms']:.2f}",
                     f"{result['p90_ms']:.2f}",
                     repeats[K],
@@ -291,7 +337,7 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
                     f"{median_s / ideal_square:.2f}",
                 ]
             )
-            print(f"latency K={K} {precision}: {result['median_ms']:.2f} ms", file=sys.stderr)
+            print(f"latency K={K} {rows[-1][1]}: {result['median_ms']:.2f} ms", file=sys.stderr)
     out.append(
         markdown_table(
             [
@@ -311,28 +357,33 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
     )
     out.append(
         "ratio = latency / (analytic FLOPs / matmul throughput of that precision measured above); 1.0 would mean "
-        "the whole forward pass runs at the speed of one large matmul. Target of the issue: <= 1.3 at K = 1024.\n"
+        "the whole forward pass runs at the speed of one large matmul. Target of the issue: <= 1.3 at K = 1024 "
+        "for the default path (auto) and fp32; the eager bf16 path, which the default replaces where oneDNN Graph "
+        "runs (`rerank.onednn_graph`), is timed for comparison.\n"
     )
-    for precision in PRECISIONS:
-        ratio = latency[1024, precision] / (analytic_flops(1024, config)["total"] / throughput[precision][model_shape])
-        verdict = "met" if ratio <= 1.3 else "NOT met"
-        out.append(f"- K = 1024, {precision}: ratio {ratio:.2f} -> target {verdict}")
+    for precision, onednn_graph in VARIANTS:
+        ideal = analytic_flops(1024, config)["total"] / throughput[precision][model_shape]
+        ratio = latency[1024, precision, onednn_graph] / ideal
+        verdict = ("met" if ratio <= 1.3 else "NOT met") if onednn_graph else "for comparison"
+        out.append(f"- K = 1024, {variant_name(model, precision, onednn_graph)}: ratio {ratio:.2f} -> {verdict}")
     out.append("")
 
     # Profile at K = 1024.
     K_prof = 1024
     out.append(f"### Where the time goes at K = {K_prof} (torch.profiler, self CPU time, mean of 3 queries)\n")
     attention_flops_block = 2 * (K_prof + 1) ** 2 * config.hidden * 2
-    for precision in PRECISIONS:
-        table, groups = profile_breakdown(model, K_prof, precision)
+    for precision, onednn_graph in VARIANTS:
+        table, groups = profile_breakdown(model, K_prof, precision, onednn_graph)
         total = sum(groups.values())
-        out.append(f"**{precision} ({dtype_name(precision)})**\n")
+        out.append(f"**{variant_name(model, precision, onednn_graph)}**\n")
         out.append(table + "\n")
         out.append(
             "Grouped: "
             + "; ".join(f"{name} {ms:.1f} ms ({100 * ms / total:.0f} %)" for name, ms in groups.items())
             + f" (profiled total {total:.1f} ms/query; the profiler adds some overhead).\n"
         )
+        if onednn_graph and precision_dtype(precision) is not torch.float32:
+            continue  # torch's SDPA kernel is timed once per dtype, with the eager path
         t_attn = time_attention(K_prof, config, precision_dtype(precision))
         out.append(
             f"Isolated SDPA call [1, {config.heads}, {K_prof + 1}, {config.hidden // config.heads}] in "
@@ -394,7 +445,7 @@ def bench_reference(args, model: CSAReranker, out: list[str]) -> dict:
         "- reference (as the authors' test loop): one query at a time; tokens = [q; top-K db], anchors = "
         "[q; top-(L-1) db], affinity = tokens @ anchors^T, then the model in fp32;\n"
         f"- default path: {batch} queries per batch, affinities built batched with `test_affinity`, "
-        "`csa_scores(batch_size=8, precision='auto')` (bf16 autocast on CPU).\n"
+        f"`csa_scores(batch_size=8, precision='auto')`: {variant_name(model, 'auto', True)}.\n"
     )
     out.append(
         markdown_table(
@@ -463,7 +514,7 @@ def bench_map(args, out: list[str]) -> dict:
                 "dataset",
                 "protocol",
                 "mAP fp32",
-                "mAP auto (bf16)",
+                "mAP auto (bf16, default engine)",
                 "diff (auto - fp32)",
                 "abs diff <= 0.1",
                 "abs score diff: median / p99.9 / max",

@@ -136,9 +136,9 @@ def test_explicit_attention_is_sdpa(monkeypatch, block_bytes):
     monkeypatch.setattr(model_module, "ATTENTION_BLOCK_BYTES", block_bytes)
     q, k, v = (torch.randn(2, 4, 7, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3))
     expected = F.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(explicit_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit_attention(q, k, v, 8**-0.5), expected, rtol=1e-5, atol=1e-6)
     by_hand = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v
-    torch.testing.assert_close(explicit_attention(q, k, v), by_hand, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit_attention(q, k, v, 8**-0.5), by_hand, rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_inference_on_cpu_uses_the_explicit_attention_and_matches_fp32(monkeypatch):

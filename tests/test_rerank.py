@@ -74,8 +74,9 @@ def test_csa_scores_match_the_model_and_restore_its_mode(tiny_model):
 def test_csa_scores_in_bf16_are_close_to_fp32(tiny_model):
     affinity = random_affinity(5, 21, 16)
     fp32 = csa_scores(tiny_model, affinity, precision="fp32")
-    bf16 = csa_scores(tiny_model, affinity, precision="bf16")
-    auto = csa_scores(tiny_model, affinity, precision="auto")  # bf16 on CPU
+    # Eager autocast, whose results do not depend on the call count (tests/test_onednn_graph.py: fused path).
+    bf16 = csa_scores(tiny_model, affinity, precision="bf16", onednn_graph=False)
+    auto = csa_scores(tiny_model, affinity, precision="auto", onednn_graph=False)  # bf16 on CPU
     assert bf16.dtype == np.float32
     assert not np.array_equal(fp32, bf16)  # autocast did act
     np.testing.assert_allclose(bf16, fp32, atol=0.03)

@@ -75,21 +75,26 @@ class CSAConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
-ATTENTION_BLOCK_BYTES = 4 * 2**20  # score block of explicit_attention: a few heads' [T, T] at a time
+ATTENTION_BLOCK_BYTES = 4 * 2**20  # score block of explicit_attention in eager mode: a few heads' [T, T] at a time
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d_head)) v, written out: q, k, v [B, heads, T, d_head] -> [B, heads, T, d_head].
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v, written out: q, k, v [B, heads, T, d_head] -> [B, heads, T, d_head].
 
     The same function as ``F.scaled_dot_product_attention`` without dropout, for bf16 inference on the CPU:
     there torch's fused kernel runs at fp32 speed whatever the dtype (~180 GFLOP/s on the benchmark machine),
-    while batched matmuls run at bf16 matmul speed (~850 GFLOP/s).  The (B x heads) score matrices are formed a
-    few at a time (at most ``ATTENTION_BLOCK_BYTES``): one [B, heads, T, T] block (25 MB at T = 1025) would be
-    a fresh allocation per call whose page faults cost more than the matmuls.  Softmax accumulates in fp32
+    while batched matmuls run at bf16 matmul speed (~650-750 GFLOP/s).  Softmax accumulates in fp32
     internally and returns the input dtype.
+
+    In eager mode the (B x heads) score matrices are formed a few at a time (at most ``ATTENTION_BLOCK_BYTES``,
+    which stays in cache; all [B, heads, T, T] at once is 2.3x slower at T = 1537).  When traced
+    (:mod:`csa_rerank.onednn_graph`), one matmul-scale-softmax-matmul chain over all heads: the pattern that
+    oneDNN Graph fuses into its SDPA kernel.
     """
+    if torch.jit.is_tracing():
+        return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
     B, H, T, d_head = q.shape
-    q, k, v = (t.reshape(B * H, T, d_head) for t in (q * d_head**-0.5, k, v))
+    q, k, v = (t.reshape(B * H, T, d_head) for t in (q * scale, k, v))
     out = torch.empty_like(q)
     step = max(1, ATTENTION_BLOCK_BYTES // (T * T * q.element_size()))
     for start in range(0, B * H, step):
@@ -116,6 +121,7 @@ class SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, qkv_bias: bool, attn_dropout: float, dropout: float):
         super().__init__()
         self.heads = heads
+        self.scale = (hidden // heads) ** -0.5  # as the code (and SDPA's default)
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=qkv_bias)
         self.out = nn.Linear(hidden, hidden)  # W_M of Eq. 3
@@ -127,9 +133,10 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu" and not self.training:
-            x = explicit_attention(q, k, v)
-        else:  # default scale = (d/heads)^-0.5, as in the code
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+            x = explicit_attention(q, k, v, self.scale)
+        else:
+            dropout_p = self.attn_dropout if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=self.scale)
         x = x.transpose(1, 2).reshape(B, T, d)  # concatenate the heads
         return self.out_dropout(self.out(x))
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csa_rerank.model import CSAReranker
+from csa_rerank.model import CSAReranker, cosine_to_query
+from csa_rerank.onednn_graph import FusedBF16Encoder, fused_bf16_encoder
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -35,12 +36,23 @@ def precision_autocast_dtype(precision: str, device: torch.device) -> torch.dtyp
     return AUTOCAST_DTYPES[precision]
 
 
+def fused_cpu_encoder(
+    model: CSAReranker, precision: str, device: torch.device, onednn_graph: bool = True
+) -> FusedBF16Encoder | None:
+    """The oneDNN Graph encoder that :func:`csa_scores` runs for bf16 on the CPU; None where it runs the eager
+    model (other precisions and devices, ``onednn_graph=False``, or oneDNN Graph unavailable)."""
+    if onednn_graph and device.type == "cpu" and precision_autocast_dtype(precision, device) is torch.bfloat16:
+        return fused_bf16_encoder(model)
+    return None
+
+
 def csa_scores(
     model: CSAReranker,
     affinity: torch.Tensor | np.ndarray,
     batch_size: int = 8,
     precision: str = "auto",
     device: torch.device | str | None = None,
+    onednn_graph: bool = True,
 ) -> np.ndarray:
     """CSA re-ranking scores cos(z_0, z_j) (Eq. 10) of the K candidates of each query.
 
@@ -51,6 +63,8 @@ def csa_scores(
         model: a :class:`CSAReranker` (moved to ``device`` if one is given, else used where it is).
         affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
         precision: "auto" (fp16 autocast on CUDA, bf16 on CPU), "bf16", "fp16" or "fp32".
+        onednn_graph: bf16 on the CPU runs the model as fused oneDNN Graph partitions
+            (:mod:`csa_rerank.onednn_graph`, ~1.2x faster) where it can, else eager bf16 autocast.
     Returns:
         [Q, K] float32 scores.
     """
@@ -60,6 +74,7 @@ def csa_scores(
     affinity = torch.as_tensor(affinity, dtype=torch.float32)
     Q, T, _ = affinity.shape
     scores = np.empty((Q, T - 1), dtype=np.float32)
+    fused = fused_cpu_encoder(model, precision, device, onednn_graph)
     was_training = model.training
     model.eval()
     try:
@@ -68,7 +83,8 @@ def csa_scores(
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             for start in range(0, Q, batch_size):
                 chunk = affinity[start : start + batch_size].to(device, non_blocking=True)
-                scores[start : start + batch_size] = model.scores(chunk).cpu().numpy()  # [b, K] float32
+                z = fused(chunk) if fused is not None else model(chunk)  # [b, K+1, d]
+                scores[start : start + batch_size] = cosine_to_query(z)[:, 1:].cpu().numpy()  # [b, K] float32
     finally:
         model.train(was_training)
     return scores
@@ -123,9 +139,11 @@ def measure_latency(
     precision: str = "auto",
     repeats: int = 20,
     warmup: int = 3,
+    onednn_graph: bool = True,
 ) -> dict[str, float]:
     """Per-query latency of the re-ranker (Table 1 / 6): one random affinity [1, K+1, L] at a time, from the
-    host tensor to the scores back on the host, after ``warmup`` untimed runs.
+    host tensor to the scores back on the host, after ``warmup`` untimed runs; ``precision`` and
+    ``onednn_graph`` as in :func:`csa_scores`.
 
     Returns:
         ``median_ms`` and ``p90_ms`` over ``repeats`` runs, and ``peak_mem_mb`` over the warm-up and timed
@@ -147,10 +165,10 @@ def measure_latency(
     times_ms = []
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         for _ in range(warmup):
-            csa_scores(model, affinity, batch_size=1, precision=precision, device=device)
+            csa_scores(model, affinity, 1, precision, device, onednn_graph)
         for _ in range(repeats):
             started = time.perf_counter()
-            csa_scores(model, affinity, batch_size=1, precision=precision, device=device)  # ends with a host copy
+            csa_scores(model, affinity, 1, precision, device, onednn_graph)  # ends with a host copy
             times_ms.append((time.perf_counter() - started) * 1000)
     if device.type == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20

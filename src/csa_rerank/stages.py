@@ -305,6 +305,7 @@ def evaluate_val(
     L: int,
     precision: str = "auto",
     batch_size: int = 8,
+    onednn_graph: bool = True,
     use_gpu: bool = True,
 ) -> dict:
     """First-round and CSA mAP on the training set's ``val`` split (supplementary Fig. 1).
@@ -325,7 +326,7 @@ def evaluate_val(
     clusters = np.asarray(datasets.load_training_db(db_file)["val"]["cluster"])
 
     def scorer(affinity):
-        return csa_scores(model, affinity, batch_size=batch_size, precision=precision, device=device)
+        return csa_scores(model, affinity, batch_size, precision, device, onednn_graph)
 
     start = time.perf_counter()
     result = evaluate_split(features, clusters, K, L, scorer, batch_size=batch_size, device=device)
@@ -499,6 +500,7 @@ def rerank_csa(
     out_path: str,
     precision: str = "auto",
     batch_size: int = 8,
+    onednn_graph: bool = True,
     latency_queries: int = 70,
     use_gpu: bool = True,
 ) -> dict:
@@ -513,7 +515,7 @@ def rerank_csa(
 
     from .affinity import test_affinity
     from .extract import pick_device
-    from .rerank import csa_scores, measure_latency, precision_autocast_dtype
+    from .rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype
     from .training import load_model
 
     device = pick_device(use_gpu)
@@ -523,7 +525,7 @@ def rerank_csa(
     K, L = candidates.shape[1], seq.shape[2]
     if model.config.anchors != L:
         raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, {affinity_file} has L={L}")
-    scores = csa_scores(model, seq, batch_size=batch_size, precision=precision, device=device)
+    scores = csa_scores(model, seq, batch_size, precision, device, onednn_graph)
 
     query, db = load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks")
@@ -539,15 +541,17 @@ def rerank_csa(
             start = time.perf_counter()
             row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
             one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
-            s = csa_scores(model, one, batch_size=1, precision=precision, device=device)
+            s = csa_scores(model, one, 1, precision, device, onednn_graph)
             np.argsort(-s, axis=1, kind="stable")
             times.append(time.perf_counter() - start)
     latency_ms = 1000.0 * float(np.median(times[3:]))
-    peak = measure_latency(model, K, L, device, precision, repeats=3, warmup=1)["peak_mem_mb"]
+    peak = measure_latency(model, K, L, device, precision, 3, 2, onednn_graph)["peak_mem_mb"]
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     memory_gb = (db.nbytes + params_bytes + peak * 2**20) / 2**30
-    attrs = {"method": "csa", "model": model_file, "K": K, "L": L, "precision": precision,
+    engine = "oneDNN Graph" if fused_cpu_encoder(model, precision, device, onednn_graph) is not None else "eager"
+    attrs = {"method": "csa", "model": model_file, "K": K, "L": L, "precision": precision, "engine": engine,
              "latency_ms": latency_ms, "memory_gb": memory_gb, "device": str(device)}  # fmt: skip
     _write_rerank(out_path, candidates, scores, attrs)
-    log.info("K=%d L=%d: %.2f ms per query (median of %d), %.3f GB", K, L, latency_ms, n_timed, memory_gb)
+    log.info("K=%d L=%d: %.2f ms per query (median of %d, %s %s), %.3f GB",
+             K, L, latency_ms, n_timed, engine, precision, memory_gb)  # fmt: skip
     return attrs

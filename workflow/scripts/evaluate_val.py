@@ -13,5 +13,6 @@ stages.evaluate_val(
     L=int(snakemake.wildcards.L),
     precision=snakemake.params.settings["precision"],
     batch_size=snakemake.params.settings["batch_size"],
+    onednn_graph=snakemake.params.settings["onednn_graph"],
     use_gpu=snakemake.resources.get("gpu", 0) > 0,
 )

@@ -13,6 +13,7 @@ stages.rerank_csa(
     out_path=snakemake.output[0],
     precision=snakemake.params.settings["precision"],
     batch_size=snakemake.params.settings["batch_size"],
+    onednn_graph=snakemake.params.settings["onednn_graph"],
     latency_queries=snakemake.params.latency_queries,
     use_gpu=snakemake.resources.get("gpu", 0) > 0,
 )

@@ -1,0 +1,107 @@
+"""bf16 CSA inference on the CPU as fused oneDNN Graph partitions (TorchScript trace + freeze + oneDNN fusion).
+
+Why: in eager mode a bf16 forward pass at K = 1024 spends ~40 ms in ``addmm`` at ~740 GFLOP/s (the weights
+are re-laid out for oneDNN at every call), ~10 ms in per-head attention matmuls and ~6.5 ms in a separate
+softmax, 54-57 ms in all on the 2-core benchmark machine, 1.4x the time of its FLOPs at matmul speed.
+Traced, frozen and handed to oneDNN Graph, the same model runs as 11 fused partitions: every linear layer
+with prepacked bf16 weights, fc1 with its GELU, the attention output projection and fc2 with their residual
+adds, and the whole attention of all heads (``Q K^T``, scale, softmax, ``P V``) as one oneDNN SDPA kernel:
+44-47 ms (docs/benchmarks.md).  The numbers are those of bf16 autocast up to rounding.
+
+The fused module is a frozen bf16 copy of the model, built on first use and rebuilt whenever a parameter of
+the model changes (training steps and ``load_state_dict`` bump the parameters' version counters).
+TorchScript is deprecated in recent PyTorch: where tracing fails or oneDNN fusion is missing,
+:func:`fused_bf16_encoder` returns None and logs why, and the caller runs eager bf16 autocast instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+import weakref
+from contextlib import contextmanager
+
+import torch
+
+from csa_rerank.model import CSAReranker
+
+log = logging.getLogger(__name__)
+
+# model -> (parameter fingerprint, fused encoder); entries go away with their model.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def onednn_graph_available() -> bool:
+    """Whether this PyTorch build and CPU can run bf16 models through oneDNN Graph."""
+    try:
+        return (
+            hasattr(torch.jit, "enable_onednn_fusion")
+            and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextmanager
+def onednn_fusion():
+    """Turn TorchScript's oneDNN fusion on (a process-wide switch) and restore its previous state on exit.
+
+    Needed while a fused module runs, not only while it is built: TorchScript's profiling executor
+    specialises the graph for each new input shape at call time.
+    """
+    previous = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(previous)
+
+
+class FusedBF16Encoder:
+    """A frozen, traced bf16 copy of a :class:`CSAReranker` encoder: affinity [B, T, L] -> z [B, T, d] bf16.
+
+    Any B and T (TorchScript re-specialises per shape; the first two calls with a new shape are slower).
+    """
+
+    def __init__(self, model: CSAReranker):
+        self.anchors = model.config.anchors
+        bf16_copy = copy.deepcopy(model).eval().to(torch.bfloat16).requires_grad_(False)
+        example = torch.zeros(1, 2, self.anchors, dtype=torch.bfloat16)
+        with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False), onednn_fusion():
+            # The trace freezes the input-width check (TracerWarning; checked in __call__ instead) and
+            # torch.jit.freeze announces its deprecation (FutureWarning).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.freeze(torch.jit.trace(bf16_copy, example, check_trace=False))
+
+    def __call__(self, affinity: torch.Tensor) -> torch.Tensor:
+        if affinity.shape[-1] != self.anchors:
+            raise ValueError(f"affinity has {affinity.shape[-1]} anchors, not {self.anchors}")
+        # Autocast off: the module is bf16 throughout and must not be recast by an enclosing autocast region.
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), onednn_fusion():
+            return self.module(affinity.to(torch.bfloat16))
+
+
+def _fingerprint(model: CSAReranker) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def fused_bf16_encoder(model: CSAReranker) -> FusedBF16Encoder | None:
+    """The fused bf16 encoder of ``model`` (a CPU model), built once per state of its parameters; None where
+    oneDNN Graph cannot run it (logged once per model state)."""
+    fingerprint = _fingerprint(model)
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    encoder = None
+    if not onednn_graph_available():
+        log.warning("oneDNN Graph bf16 is not available in this PyTorch build or CPU: eager bf16 autocast instead")
+    else:
+        try:
+            encoder = FusedBF16Encoder(model)
+        except Exception as error:  # any TorchScript failure: the eager path computes the same scores
+            log.warning("tracing the CSA model for oneDNN Graph failed (%s): eager bf16 autocast instead", error)
+    _CACHE[model] = (fingerprint, encoder)
+    return encoder
