@@ -305,7 +305,7 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
         "`F.scaled_dot_product_attention`, which dispatches to `aten._scaled_dot_product_flash_attention_for_cpu`, "
         "which has no FLOP formula, so the counter misses the attention products (2 x 2(K+1)^2 d per block) and "
         "reports only the `addmm` of the linear layers; adding the analytic attention term gives the analytic "
-        "total up to the cosine (~5(K+1)d, negligible). In bf16 on the CPU the model runs its attention as "
+        "total up to the cosine (~5(K+1)d, negligible). In bf16 on the CPU the eager model runs its attention as "
         "explicit batched matmuls (`csa_rerank.model.explicit_attention`), which the counter sees (`bmm`), so its "
         "bf16 count is the analytic total. Neither counts LayerNorm, GELU, softmax or the residual adds "
         "(elementwise, < 1 % of the FLOPs).\n"
