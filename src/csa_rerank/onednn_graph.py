@@ -1,12 +1,12 @@
 """bf16 CSA inference on the CPU as fused oneDNN Graph partitions (TorchScript trace + freeze + oneDNN fusion).
 
-Why: in eager mode a bf16 forward pass at K = 1024 spends ~40 ms in ``addmm`` at ~740 GFLOP/s (the weights
-are re-laid out for oneDNN at every call), ~10 ms in per-head attention matmuls and ~6.5 ms in a separate
-softmax, 54-57 ms in all on the 2-core benchmark machine, 1.4x the time of its FLOPs at matmul speed.
+Why: in eager mode a bf16 forward pass at K = 1024 on the 2-core benchmark machine spends ~34 ms in
+``addmm`` (the weights are re-laid out for oneDNN at every call), ~8.5 ms in per-head attention matmuls,
+~6 ms in a separate softmax and ~3.5 ms in copies: 54-57 ms, 1.4x the time of its FLOPs at matmul speed.
 Traced, frozen and handed to oneDNN Graph, the same model runs as 11 fused partitions: every linear layer
 with prepacked bf16 weights, fc1 with its GELU, the attention output projection and fc2 with their residual
 adds, and the whole attention of all heads (``Q K^T``, scale, softmax, ``P V``) as one oneDNN SDPA kernel:
-44-47 ms (docs/benchmarks.md).  The numbers are those of bf16 autocast up to rounding.
+~46 ms, 1.2x (docs/benchmarks.md).  The scores are those of bf16 autocast up to rounding.
 
 The fused module is a frozen bf16 copy of the model, built on first use and rebuilt whenever a parameter of
 the model changes (training steps and ``load_state_dict`` bump the parameters' version counters).
