@@ -157,3 +157,31 @@ def test_bf16_inference_on_cpu_uses_the_explicit_attention_and_matches_fp32(monk
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.scores(affinity)  # training mode keeps SDPA (attention dropout)
     assert len(calls) == 2
+
+
+def test_bf16_inference_keeps_the_input_projection_and_the_residual_stream_in_fp32():
+    model = tiny_model(depth=2).eval()
+    affinity = random_affinity(2, 17, 16)
+    with torch.no_grad():
+        fp32 = model(affinity)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            dtypes[name] = output.dtype
+
+        return hook
+
+    for name in ("projection", "blocks.0.attn.qkv", "blocks.1.mlp.fc2", "blocks.1.norm2"):
+        model.get_submodule(name).register_forward_hook(record(name))
+    with torch.no_grad():
+        z = model.forward_bf16(affinity)
+    assert dtypes == {
+        "projection": torch.float32,
+        "blocks.0.attn.qkv": torch.bfloat16,
+        "blocks.1.mlp.fc2": torch.bfloat16,
+        "blocks.1.norm2": torch.float32,  # LayerNorm of the fp32 residual stream
+    }
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, fp32, rtol=0, atol=0.05)
+    assert not torch.equal(z, fp32)  # the blocks did run in bf16

@@ -93,7 +93,7 @@ def test_falls_back_to_eager_bf16_with_a_warning(model, monkeypatch, caplog, fai
     affinity = random_affinity(2, 9, 16)
     with caplog.at_level(logging.WARNING, logger="csa_rerank.onednn_graph"):
         scores = csa_scores(model, affinity, precision="bf16")
-    assert "eager bf16 autocast instead" in caplog.text
+    assert "eager bf16 instead" in caplog.text
     assert fused_cpu_encoder(model, "bf16", torch.device("cpu")) is None  # remembered: no retry per batch
     np.testing.assert_array_equal(scores, csa_scores(model, affinity, precision="bf16", onednn_graph=False))
 

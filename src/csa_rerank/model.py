@@ -212,12 +212,33 @@ class CSAReranker(nn.Module):
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
         """Refined tokens: affinity [B, T, L] -> z [B, T, d] (input dropout is active in training mode)."""
+        return self.encode(self.embed(affinity))
+
+    def embed(self, affinity: torch.Tensor) -> torch.Tensor:
+        """Input tokens: affinity [B, T, L] -> input dropout -> Linear(L, d) -> dropout -> x [B, T, d]."""
         if affinity.shape[-1] != self.config.anchors:
             raise ValueError(f"affinity has {affinity.shape[-1]} anchors, not {self.config.anchors}")
-        x = self.projection_dropout(self.projection(self.input_dropout(affinity)))
+        return self.projection_dropout(self.projection(self.input_dropout(affinity)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder blocks: x [B, T, d] -> z [B, T, d]."""
         for block in self.blocks:
             x = block(x)
         return x
+
+    def forward_bf16(self, affinity: torch.Tensor) -> torch.Tensor:
+        """Refined tokens for bf16 inference: affinity [B, T, L] -> z [B, T, d] float32.
+
+        The blocks run under bf16 autocast (their linear layers and attention in bf16); the affinities, the
+        input projection (2 % of the FLOPs at L = 512, d = 768) and the residual stream stay in fp32, and with
+        them the LayerNorms.  Rounding the affinities (cosines) to bf16 was the largest source of the
+        difference to fp32: bf16 keeps 8 bits of mantissa where the authors' fp16 autocast kept 11, and some
+        tokens whose residual stream nearly cancels amplify it (docs/benchmarks.md, "Precision and mAP").
+        """
+        with torch.autocast(affinity.device.type, enabled=False):
+            x = self.embed(affinity.float())
+        with torch.autocast(affinity.device.type, dtype=torch.bfloat16):
+            return self.encode(x)
 
     def scores(self, affinity: torch.Tensor) -> torch.Tensor:
         """Re-ranking scores (Eq. 10): affinity [B, T, L] -> cos(z_0, z_j), j = 1..T-1, [B, T-1] float32."""

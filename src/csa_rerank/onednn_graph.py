@@ -6,12 +6,13 @@ Why: in eager mode a bf16 forward pass at K = 1024 on the 2-core benchmark machi
 Traced, frozen and handed to oneDNN Graph, the same model runs as 11 fused partitions: every linear layer
 with prepacked bf16 weights, fc1 with its GELU, the attention output projection and fc2 with their residual
 adds, and the whole attention of all heads (``Q K^T``, scale, softmax, ``P V``) as one oneDNN SDPA kernel:
-~46 ms, 1.2x (docs/benchmarks.md).  The scores are those of bf16 autocast up to rounding.
+~47 ms, 1.2x (docs/benchmarks.md).  What is traced is :meth:`CSAReranker.forward_bf16` (blocks in bf16, input
+projection and residual stream in fp32), so the scores are those of the eager bf16 path up to rounding.
 
-The fused module is a frozen bf16 copy of the model, built on first use and rebuilt whenever a parameter of
+The fused module is a frozen copy of the model, built on first use and rebuilt whenever a parameter of
 the model changes (training steps and ``load_state_dict`` bump the parameters' version counters).
 TorchScript is deprecated in recent PyTorch: where tracing fails or oneDNN fusion is missing,
-:func:`fused_bf16_encoder` returns None and logs why, and the caller runs eager bf16 autocast instead.
+:func:`fused_bf16_encoder` returns None and logs why, and the caller runs the eager bf16 path instead.
 """
 
 from __future__ import annotations
@@ -59,29 +60,41 @@ def onednn_fusion():
         torch.jit.enable_onednn_fusion(previous)
 
 
-class FusedBF16Encoder:
-    """A frozen, traced bf16 copy of a :class:`CSAReranker` encoder: affinity [B, T, L] -> z [B, T, d] bf16.
+class _ForwardBF16(torch.nn.Module):
+    """:meth:`CSAReranker.forward_bf16` as a module's forward, for tracing."""
 
-    Any B and T (TorchScript re-specialises per shape; the first two calls with a new shape are slower).
+    def __init__(self, model: CSAReranker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_bf16(affinity)
+
+
+class FusedBF16Encoder:
+    """A frozen, traced copy of :meth:`CSAReranker.forward_bf16`: affinity [B, T, L] -> z [B, T, d] float32.
+
+    The trace records bf16 autocast's casts; freezing folds those of the weights, so the partitions hold bf16
+    weights.  Any B and T (TorchScript re-specialises per shape; the first two calls with a new shape are slower).
     """
 
     def __init__(self, model: CSAReranker):
         self.anchors = model.config.anchors
-        bf16_copy = copy.deepcopy(model).eval().to(torch.bfloat16).requires_grad_(False)
-        example = torch.zeros(1, 2, self.anchors, dtype=torch.bfloat16)
+        traced = _ForwardBF16(copy.deepcopy(model)).eval().requires_grad_(False)
+        example = torch.zeros(1, 2, self.anchors)
         with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False), onednn_fusion():
             # The trace freezes the input-width check (TracerWarning; checked in __call__ instead) and
             # torch.jit.freeze announces its deprecation (FutureWarning).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            self.module = torch.jit.freeze(torch.jit.trace(bf16_copy, example, check_trace=False))
+            self.module = torch.jit.freeze(torch.jit.trace(traced, example, check_trace=False))
 
     def __call__(self, affinity: torch.Tensor) -> torch.Tensor:
         if affinity.shape[-1] != self.anchors:
             raise ValueError(f"affinity has {affinity.shape[-1]} anchors, not {self.anchors}")
-        # Autocast off: the module is bf16 throughout and must not be recast by an enclosing autocast region.
+        # An enclosing autocast region must not recast the traced graph, which holds its own casts.
         with torch.no_grad(), torch.autocast("cpu", enabled=False), onednn_fusion():
-            return self.module(affinity.to(torch.bfloat16))
+            return self.module(affinity.float())
 
 
 def _fingerprint(model: CSAReranker) -> tuple:
@@ -97,11 +110,11 @@ def fused_bf16_encoder(model: CSAReranker) -> FusedBF16Encoder | None:
         return cached[1]
     encoder = None
     if not onednn_graph_available():
-        log.warning("oneDNN Graph bf16 is not available in this PyTorch build or CPU: eager bf16 autocast instead")
+        log.warning("oneDNN Graph bf16 is not available in this PyTorch build or CPU: eager bf16 instead")
     else:
         try:
             encoder = FusedBF16Encoder(model)
         except Exception as error:  # any TorchScript failure: the eager path computes the same scores
-            log.warning("tracing the CSA model for oneDNN Graph failed (%s): eager bf16 autocast instead", error)
+            log.warning("tracing the CSA model for oneDNN Graph failed (%s): eager bf16 instead", error)
     _CACHE[model] = (fingerprint, encoder)
     return encoder

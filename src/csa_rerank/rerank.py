@@ -62,9 +62,10 @@ def csa_scores(
     Args:
         model: a :class:`CSAReranker` (moved to ``device`` if one is given, else used where it is).
         affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
-        precision: "auto" (fp16 autocast on CUDA, bf16 on CPU), "bf16", "fp16" or "fp32".
+        precision: "auto" (fp16 autocast on CUDA, as the authors ran; bf16 on CPU), "bf16", "fp16" or "fp32".
+            bf16 runs :meth:`CSAReranker.forward_bf16` (input projection and residual stream in fp32).
         onednn_graph: bf16 on the CPU runs the model as fused oneDNN Graph partitions
-            (:mod:`csa_rerank.onednn_graph`, ~1.2x faster) where it can, else eager bf16 autocast.
+            (:mod:`csa_rerank.onednn_graph`, ~1.2x faster) where it can, else eagerly.
     Returns:
         [Q, K] float32 scores.
     """
@@ -83,7 +84,12 @@ def csa_scores(
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             for start in range(0, Q, batch_size):
                 chunk = affinity[start : start + batch_size].to(device, non_blocking=True)
-                z = fused(chunk) if fused is not None else model(chunk)  # [b, K+1, d]
+                if fused is not None:
+                    z = fused(chunk)  # [b, K+1, d]
+                elif autocast_dtype is torch.bfloat16:
+                    z = model.forward_bf16(chunk)
+                else:  # fp32, or fp16 autocast as the authors ran it
+                    z = model(chunk)
                 scores[start : start + batch_size] = cosine_to_query(z)[:, 1:].cpu().numpy()  # [b, K] float32
     finally:
         model.train(was_training)
