@@ -84,7 +84,7 @@ def variant_name(model: CSAReranker, precision: str, onednn_graph: bool) -> str:
     fused = fused_cpu_encoder(model, precision, torch.device("cpu"), onednn_graph) is not None
     if precision_dtype(precision) is torch.float32:
         return f"{precision} (fp32)"
-    return f"{precision} ({dtype_name(precision)}, {'oneDNN Graph' if fused else 'eager autocast'})"
+    return f"{precision} ({dtype_name(precision)}, {'oneDNN Graph' if fused else 'eager'})"
 
 
 def analytic_flops(K: int, config: CSAConfig) -> dict[str, float]:
