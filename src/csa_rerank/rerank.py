@@ -165,16 +165,20 @@ def measure_latency(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _peak_rss_mb()
+
+    def score_one_query() -> None:  # ends with the scores' copy to the host
+        csa_scores(model, affinity, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
+
     # An enclosing autocast region keeps the low-precision weight copies of the warm-up runs for the timed
     # ones (csa_scores' own region nests inside it), as in a re-ranking run over many queries.
     autocast_dtype = precision_autocast_dtype(precision, device)
     times_ms = []
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         for _ in range(warmup):
-            csa_scores(model, affinity, 1, precision, device, onednn_graph)
+            score_one_query()
         for _ in range(repeats):
             started = time.perf_counter()
-            csa_scores(model, affinity, 1, precision, device, onednn_graph)  # ends with a host copy
+            score_one_query()
             times_ms.append((time.perf_counter() - started) * 1000)
     if device.type == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20

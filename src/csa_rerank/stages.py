@@ -541,11 +541,12 @@ def rerank_csa(
             start = time.perf_counter()
             row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
             one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
-            s = csa_scores(model, one, 1, precision, device, onednn_graph)
+            s = csa_scores(model, one, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
             np.argsort(-s, axis=1, kind="stable")
             times.append(time.perf_counter() - start)
     latency_ms = 1000.0 * float(np.median(times[3:]))
-    peak = measure_latency(model, K, L, device, precision, 3, 2, onednn_graph)["peak_mem_mb"]
+    one_query = measure_latency(model, K, L, device, precision, repeats=3, warmup=2, onednn_graph=onednn_graph)
+    peak = one_query["peak_mem_mb"]
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     memory_gb = (db.nbytes + params_bytes + peak * 2**20) / 2**30
     engine = "oneDNN Graph" if fused_cpu_encoder(model, precision, device, onednn_graph) is not None else "eager"
