@@ -8,7 +8,11 @@ Run on a machine with an NVIDIA GPU (results go to ``docs/benchmarks.md`` by han
    precision (fp16 autocast on CUDA, as the authors ran) and fp32, through :func:`csa_rerank.rerank.measure_latency`
    (warm-up, median, peak device memory), with the analytic FLOPs and the matmul throughput of each precision
    measured in the same run, and their ratio;
-2. with ``--epoch``: one training epoch of the paper configuration on synthetic rSfM120k-size samples (91,642 unit
+2. the speed-up of the default path (8 queries per batch, affinities built batched on the GPU, fp16 autocast) over
+   the fp32 one-query-at-a-time reference, on the synthetic descriptors of ``rerank_benchmark.py`` section 4;
+3. the mAP difference between the default precision (fp16) and fp32 on the demo test sets, for every model of the
+   demo run (needs ``results/demo`` and ``data/demo`` of a ``make demo`` run; skipped without them);
+4. with ``--epoch``: one training epoch of the paper configuration on synthetic rSfM120k-size samples (91,642 unit
    descriptors of 2048 dimensions in 551 clusters, exact top-512 neighbour lists, global batch 256, K_train = 512,
    AMP), through :func:`csa_rerank.training.train`: samples per second and epoch time.
 """
@@ -21,11 +25,14 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from rerank_benchmark import ROOT, demo_test_sets, map_by_precision, top_order_flips
 
+from csa_rerank.affinity import test_affinity
 from csa_rerank.knn import self_neighbours
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import measure_latency
-from csa_rerank.training import TrainConfig, TrainingSamples, train
+from csa_rerank.rerank import csa_scores, measure_latency
+from csa_rerank.training import TrainConfig, TrainingSamples, load_model, train
 
 KS = (128, 256, 512, 1024, 1536)
 
@@ -66,6 +73,70 @@ def latency_table() -> None:
             )
 
 
+def reference_speedup(n_queries: int = 64, batch: int = 8) -> None:
+    """fp32 one query at a time (the authors' test loop) vs the default batched fp16 path, K = 1024, L = 512."""
+    N, D, K, L = 5000, 2048, 1024, 512
+    model = CSAReranker().eval().cuda()
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    db = F.normalize(torch.randn(N, D, generator=generator, device="cuda"), dim=-1)
+    noise = torch.randn(n_queries, D, generator=generator, device="cuda")
+    query = F.normalize(db[:n_queries] + 0.5 * noise / D**0.5, dim=-1)
+    ranks = torch.argsort(query @ db.T, dim=1, descending=True)
+
+    def reference() -> np.ndarray:
+        scores = []
+        with torch.no_grad():
+            for i in range(n_queries):
+                tokens = torch.cat([query[i : i + 1], db[ranks[i, :K]]])
+                anchors = torch.cat([query[i : i + 1], db[ranks[i, : L - 1]]])
+                scores.append(model.scores((tokens @ anchors.T)[None]).cpu().numpy())
+        return np.concatenate(scores)
+
+    def default_path() -> np.ndarray:
+        scores = []
+        for start in range(0, n_queries, batch):
+            affinity = test_affinity(query[start : start + batch], db, ranks[start : start + batch], K, L)
+            scores.append(csa_scores(model, affinity, batch_size=batch, precision="auto"))
+        return np.concatenate(scores)
+
+    seconds = {}
+    for name, path in (("reference", reference), ("default", default_path)):
+        path()  # warm-up
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        path()
+        torch.cuda.synchronize()
+        seconds[name] = (time.perf_counter() - started) / n_queries
+    print(
+        f"fp32 reference, 1 query at a time: {seconds['reference'] * 1000:.2f} ms/query; default (batch {batch}, "
+        f"fp16): {seconds['default'] * 1000:.2f} ms/query; speed-up {seconds['reference'] / seconds['default']:.2f}x"
+    )
+
+
+def demo_map(K: int = 128) -> None:
+    """mAP of fp16 (the default on CUDA) minus fp32 on the demo test sets, for every demo model."""
+    demo = ROOT / "results" / "demo"
+    models = sorted(demo.glob("models/*/model.pt"))
+    if not models or not (ROOT / "data" / "demo" / "test").is_dir():
+        print(f"no demo run under {demo}: mAP check skipped")
+        return
+    sets = demo_test_sets(demo)
+    anchors = load_model(demo / "models" / "rSfM120k" / "model.pt").config.anchors
+    print(f"mAP fp16 - fp32 on the demo test sets (K = {K}; roxford5k M, H, rparis6k M, H) and top-20 order flips")
+    for path in models:
+        model = load_model(path)
+        if model.config.anchors != anchors:
+            continue  # a variant with another L
+        results = map_by_precision(model, sets, K, device="cuda")
+        changes = [
+            results[dataset, "auto"][1][protocol]["mAP"] - results[dataset, "fp32"][1][protocol]["mAP"]
+            for dataset in sets
+            for protocol in ("medium", "hard")
+        ]
+        flips = sum(top_order_flips(results[dataset, "auto"][0], results[dataset, "fp32"][0]) for dataset in sets)
+        print(f"{path.parent.name:20s}", " ".join(f"{c:+.3f}" for c in changes), f"flips {flips}")
+
+
 def training_epoch() -> None:
     rng = np.random.default_rng(0)
     n, dim, clusters = 91_642, 2048, 551
@@ -95,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no CUDA device: this benchmark measures the CUDA paths")
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     latency_table()
+    reference_speedup()
+    demo_map()
     if args.epoch:
         training_epoch()
 

@@ -128,6 +128,10 @@ class SelfAttention(nn.Module):
         self.out_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_dropout(self.out(self.attend(x)))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs before the output projection, concatenated: x [B, T, d] -> [B, T, d]."""
         B, T, d = x.shape
         # [B, T, 3d] -> [B, T, 3, heads, d/heads] -> [3, B, heads, T, d/heads]
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
@@ -137,8 +141,7 @@ class SelfAttention(nn.Module):
         else:
             dropout_p = self.attn_dropout if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=self.scale)
-        x = x.transpose(1, 2).reshape(B, T, d)  # concatenate the heads
-        return self.out_dropout(self.out(x))
+        return x.transpose(1, 2).reshape(B, T, d)  # concatenate the heads
 
 
 class FeedForward(nn.Module):
@@ -169,6 +172,32 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_prob, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
+
+    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """The block in eval mode under bf16 autocast, residual stream in fp32: x [B, T, d] float32 -> same.
+
+        The same function as :meth:`forward`; the two branch outputs that are added to the residual stream
+        (attention output projection, fc2) go through :func:`query_anchored_linear`.
+        """
+        x = x + query_anchored_linear(self.attn.out, self.attn.attend(self.norm1(x)))
+        hidden = self.mlp.act(self.mlp.fc1(self.norm2(x)))
+        return x + query_anchored_linear(self.mlp.fc2, hidden)
+
+
+def query_anchored_linear(layer: nn.Linear, a: torch.Tensor) -> torch.Tensor:
+    """``layer(a)`` in bf16, returned in fp32, as ``layer(a_0) + W (a - a_0)`` where a_0 is the query's token.
+
+    ``a`` [B, T, n] (bf16 under autocast) -> [B, T, m] float32.  Why: the scores are cosines with the query's
+    token, and a trained model puts the best candidates' tokens within a few 1e-4 of it in angle, so their
+    order rests on small differences between near-identical rows.  A bf16 matmul rounds each output to 8 bits
+    of mantissa relative to the whole row, independently per row, and these roundings of the branch outputs
+    were the main source of order flips against fp32 (docs/benchmarks.md, "Precision and mAP").  Computed on
+    the differences to the query's row, the rounding error scales with those differences instead, and the
+    rounding of ``layer(a_0)`` is the same for every token.
+    """
+    anchor = a[:, :1]
+    difference = F.linear(a - anchor, layer.weight)
+    return difference.float() + layer(anchor).float()
 
 
 def cosine_to_query(z: torch.Tensor) -> torch.Tensor:
@@ -233,12 +262,16 @@ class CSAReranker(nn.Module):
         input projection (2 % of the FLOPs at L = 512, d = 768) and the residual stream stay in fp32, and with
         them the LayerNorms.  Rounding the affinities (cosines) to bf16 was the largest source of the
         difference to fp32: bf16 keeps 8 bits of mantissa where the authors' fp16 autocast kept 11, and some
-        tokens whose residual stream nearly cancels amplify it (docs/benchmarks.md, "Precision and mAP").
+        tokens whose residual stream nearly cancels amplify it.  The branch outputs added to the residual
+        stream are computed relative to the query's token (:func:`query_anchored_linear`), which halves the
+        order flips among the best candidates (docs/benchmarks.md, "Precision and mAP").
         """
         with torch.autocast(affinity.device.type, enabled=False):
             x = self.embed(affinity.float())
         with torch.autocast(affinity.device.type, dtype=torch.bfloat16):
-            return self.encode(x)
+            for block in self.blocks:
+                x = block.forward_bf16(x)
+        return x
 
     def scores(self, affinity: torch.Tensor) -> torch.Tensor:
         """Re-ranking scores (Eq. 10): affinity [B, T, L] -> cos(z_0, z_j), j = 1..T-1, [B, T-1] float32."""

@@ -3,11 +3,12 @@
 Why: in eager mode a bf16 forward pass at K = 1024 on the 2-core benchmark machine spends ~34 ms in
 ``addmm`` (the weights are re-laid out for oneDNN at every call), ~8.5 ms in per-head attention matmuls,
 ~6 ms in a separate softmax and ~3.5 ms in copies: 54-57 ms, 1.4x the time of its FLOPs at matmul speed.
-Traced, frozen and handed to oneDNN Graph, the same model runs as 11 fused partitions: every linear layer
-with prepacked bf16 weights, fc1 with its GELU, the attention output projection and fc2 with their residual
-adds, and the whole attention of all heads (``Q K^T``, scale, softmax, ``P V``) as one oneDNN SDPA kernel:
-~47 ms, 1.2x (docs/benchmarks.md).  What is traced is :meth:`CSAReranker.forward_bf16` (blocks in bf16, input
-projection and residual stream in fp32), so the scores are those of the eager bf16 path up to rounding.
+Traced, frozen and handed to oneDNN Graph, the same model runs as fused partitions: every linear layer
+with prepacked bf16 weights, fc1 with its GELU, the whole attention of all heads (``Q K^T``, scale, softmax,
+``P V``) as one oneDNN SDPA kernel, the LayerNorms, and each pair of residual adds: ~47 ms, 1.2x
+(docs/benchmarks.md).  What is traced is :meth:`CSAReranker.forward_bf16` (blocks in bf16, input projection
+and residual stream in fp32, branch outputs relative to the query's token), so the scores are those of the
+eager bf16 path up to rounding.
 
 The fused module is a frozen copy of the model, built on first use and rebuilt whenever a parameter of
 the model changes (training steps and ``load_state_dict`` bump the parameters' version counters).
