@@ -26,12 +26,18 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rerank_benchmark import ROOT, demo_test_sets, map_by_precision, top_order_flips
+from rerank_benchmark import (
+    ROOT,
+    default_path_scores,
+    demo_test_sets,
+    map_by_precision,
+    reference_scores,
+    top_order_flips,
+)
 
-from csa_rerank.affinity import test_affinity
 from csa_rerank.knn import self_neighbours
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import csa_scores, measure_latency
+from csa_rerank.rerank import measure_latency
 from csa_rerank.training import TrainConfig, TrainingSamples, load_model, train
 
 KS = (128, 256, 512, 1024, 1536)
@@ -84,20 +90,10 @@ def reference_speedup(n_queries: int = 64, batch: int = 8) -> None:
     ranks = torch.argsort(query @ db.T, dim=1, descending=True)
 
     def reference() -> np.ndarray:
-        scores = []
-        with torch.no_grad():
-            for i in range(n_queries):
-                tokens = torch.cat([query[i : i + 1], db[ranks[i, :K]]])
-                anchors = torch.cat([query[i : i + 1], db[ranks[i, : L - 1]]])
-                scores.append(model.scores((tokens @ anchors.T)[None]).cpu().numpy())
-        return np.concatenate(scores)
+        return reference_scores(model, query, db, ranks, K, L)
 
     def default_path() -> np.ndarray:
-        scores = []
-        for start in range(0, n_queries, batch):
-            affinity = test_affinity(query[start : start + batch], db, ranks[start : start + batch], K, L)
-            scores.append(csa_scores(model, affinity, batch_size=batch, precision="auto"))
-        return np.concatenate(scores)
+        return default_path_scores(model, query, db, ranks, K, L, batch)
 
     seconds = {}
     for name, path in (("reference", reference), ("default", default_path)):

@@ -394,6 +394,31 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
     return {"latency": latency, "throughput": throughput, "model_shape": model_shape, "counted": counted}
 
 
+def reference_scores(model: CSAReranker, query, db, ranks, K: int, L: int) -> np.ndarray:
+    """The authors' test loop: one query at a time, its affinity built on its own, the model in fp32.
+
+    query [Q, D], db [N, D], ranks [Q, >= K] on the model's device -> scores [Q, K].
+    """
+    scores = []
+    with torch.no_grad():
+        for i in range(len(query)):
+            q = query[i : i + 1]
+            tokens = torch.cat([q, db[ranks[i, :K]]])  # [K+1, D]
+            anchors = torch.cat([q, db[ranks[i, : L - 1]]])  # [L, D]
+            affinity = (tokens @ anchors.T)[None]  # [1, K+1, L]
+            scores.append(model.scores(affinity).cpu().numpy())  # fp32, no autocast
+    return np.concatenate(scores)
+
+
+def default_path_scores(model: CSAReranker, query, db, ranks, K: int, L: int, batch: int) -> np.ndarray:
+    """The pipeline's path: ``batch`` queries at a time, affinities built batched, ``csa_scores`` in ``auto``."""
+    scores = []
+    for start in range(0, len(query), batch):
+        affinity = test_affinity(query[start : start + batch], db, ranks[start : start + batch], K, L)
+        scores.append(csa_scores(model, affinity, batch_size=batch, precision="auto"))
+    return np.concatenate(scores)
+
+
 def bench_reference(args, model: CSAReranker, out: list[str]) -> dict:
     """fp32 one-query-at-a-time reference vs the default batched path, on synthetic descriptors."""
     N, D, K, L = 5000, 2048, 1024, model.config.anchors
@@ -406,22 +431,10 @@ def bench_reference(args, model: CSAReranker, out: list[str]) -> dict:
     ranks = torch.argsort(query @ db.T, dim=1, descending=True)  # first-round ranking, shared by both paths
 
     def reference() -> np.ndarray:
-        scores = []
-        with torch.no_grad():
-            for i in range(n_queries):
-                q = query[i : i + 1]
-                tokens = torch.cat([q, db[ranks[i, :K]]])  # [K+1, D]
-                anchors = torch.cat([q, db[ranks[i, : L - 1]]])  # [L, D]
-                affinity = (tokens @ anchors.T)[None]  # [1, K+1, L]
-                scores.append(model.scores(affinity).numpy())  # fp32, no autocast
-        return np.concatenate(scores)
+        return reference_scores(model, query, db, ranks, K, L)
 
     def default_path() -> np.ndarray:
-        scores = []
-        for start in range(0, n_queries, batch):
-            affinity = test_affinity(query[start : start + batch], db, ranks[start : start + batch], K, L)
-            scores.append(csa_scores(model, affinity, batch_size=batch, precision="auto"))
-        return np.concatenate(scores)
+        return default_path_scores(model, query, db, ranks, K, L, batch)
 
     model.eval()
     # One untimed pass of each path over all queries (warm-up), then one timed pass each.
