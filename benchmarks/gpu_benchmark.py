@@ -31,8 +31,8 @@ from rerank_benchmark import (
     default_path_scores,
     demo_test_sets,
     map_by_precision,
+    precision_changes,
     reference_scores,
-    top_order_flips,
 )
 
 from csa_rerank.knn import self_neighbours
@@ -89,14 +89,12 @@ def reference_speedup(n_queries: int = 64, batch: int = 8) -> None:
     query = F.normalize(db[:n_queries] + 0.5 * noise / D**0.5, dim=-1)
     ranks = torch.argsort(query @ db.T, dim=1, descending=True)
 
-    def reference() -> np.ndarray:
-        return reference_scores(model, query, db, ranks, K, L)
-
-    def default_path() -> np.ndarray:
-        return default_path_scores(model, query, db, ranks, K, L, batch)
-
+    paths = {
+        "reference": lambda: reference_scores(model, query, db, ranks, K, L),
+        "default": lambda: default_path_scores(model, query, db, ranks, K, L, batch=batch),
+    }
     seconds = {}
-    for name, path in (("reference", reference), ("default", default_path)):
+    for name, path in paths.items():
         path()  # warm-up
         torch.cuda.synchronize()
         started = time.perf_counter()
@@ -123,13 +121,7 @@ def demo_map(K: int = 128) -> None:
         model = load_model(path)
         if model.config.anchors != anchors:
             continue  # a variant with another L
-        results = map_by_precision(model, sets, K, device="cuda")
-        changes = [
-            results[dataset, "auto"][1][protocol]["mAP"] - results[dataset, "fp32"][1][protocol]["mAP"]
-            for dataset in sets
-            for protocol in ("medium", "hard")
-        ]
-        flips = sum(top_order_flips(results[dataset, "auto"][0], results[dataset, "fp32"][0]) for dataset in sets)
+        changes, flips = precision_changes(map_by_precision(model, sets, K, device="cuda"), sets)
         print(f"{path.parent.name:20s}", " ".join(f"{c:+.3f}" for c in changes), f"flips {flips}")
 
 

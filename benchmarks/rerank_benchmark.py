@@ -170,10 +170,10 @@ def profile_breakdown(
 
     affinity = torch.rand(1, K + 1, model.config.anchors) * 2 - 1
     for _ in range(2):  # warm-up (and TorchScript's profiling run of this shape)
-        csa_scores(model, affinity, 1, precision, onednn_graph=onednn_graph)
+        csa_scores(model, affinity, batch_size=1, precision=precision, onednn_graph=onednn_graph)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(runs):
-            csa_scores(model, affinity, 1, precision, onednn_graph=onednn_graph)
+            csa_scores(model, affinity, batch_size=1, precision=precision, onednn_graph=onednn_graph)
     executed = [e.name for e in prof.events() if e.name.startswith("LlgaPartition_")]
     labels = partition_labels(model, K, executed) if executed else {}
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -320,7 +320,9 @@ def bench_latency(args, model: CSAReranker, out: list[str]) -> dict:
         flops = analytic_flops(K, config)["total"]
         for precision, onednn_graph in VARIANTS:
             warmup = 2 if args.quick else 3
-            result = measure_latency(model, K, L, "cpu", precision, repeats[K], warmup, onednn_graph)
+            result = measure_latency(
+                model, K, L, "cpu", precision=precision, repeats=repeats[K], warmup=warmup, onednn_graph=onednn_graph
+            )
             median_s = result["median_ms"] / 1000
             latency[K, precision, onednn_graph] = median_s
             ideal_model = flops / throughput[precision][model_shape]
@@ -434,7 +436,7 @@ def bench_reference(args, model: CSAReranker, out: list[str]) -> dict:
         return reference_scores(model, query, db, ranks, K, L)
 
     def default_path() -> np.ndarray:
-        return default_path_scores(model, query, db, ranks, K, L, batch)
+        return default_path_scores(model, query, db, ranks, K, L, batch=batch)
 
     model.eval()
     # One untimed pass of each path over all queries (warm-up), then one timed pass each.
@@ -501,6 +503,18 @@ def map_by_precision(model: CSAReranker, sets: dict, K: int, device: str = "cpu"
             scores = csa_scores(model, affinity, batch_size=8, precision=precision, device=device)
             results[dataset, precision] = scores, evaluate(rerank_topk(ranks, scores), gnd)
     return results
+
+
+def precision_changes(results: dict, sets: dict) -> tuple[list[float], int]:
+    """mAP of auto minus fp32 per (dataset, protocol) in the order of ``sets`` x (Medium, Hard), and the top-20
+    order flips summed over the datasets, from :func:`map_by_precision`'s ``results``."""
+    changes = [
+        results[dataset, "auto"][1][protocol]["mAP"] - results[dataset, "fp32"][1][protocol]["mAP"]
+        for dataset in sets
+        for protocol in ("medium", "hard")
+    ]
+    flips = sum(top_order_flips(results[dataset, "auto"][0], results[dataset, "fp32"][0]) for dataset in sets)
+    return changes, flips
 
 
 def top_order_flips(scores: np.ndarray, reference: np.ndarray, n: int = 20) -> int:
@@ -570,13 +584,7 @@ def bench_map(args, out: list[str]) -> dict:
         variant = load_model(path)
         if variant.config.anchors != L or path == model_path:
             continue  # other anchor counts go with other affinities
-        results = map_by_precision(variant, sets, K)
-        changes = [
-            results[dataset, "auto"][1][protocol]["mAP"] - results[dataset, "fp32"][1][protocol]["mAP"]
-            for dataset in sets
-            for protocol in ("medium", "hard")
-        ]
-        flips = sum(top_order_flips(results[dataset, "auto"][0], results[dataset, "fp32"][0]) for dataset in sets)
+        changes, flips = precision_changes(map_by_precision(variant, sets, K), sets)
         rows.append([path.parent.name, *(f"{c:+.3f}" for c in changes), f"{max(map(abs, changes)):.3f}", flips])
     if rows:
         out.append(f"The same check for the other models of the demo run with L = {L} (figure and table variants):\n")

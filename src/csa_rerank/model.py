@@ -241,19 +241,16 @@ class CSAReranker(nn.Module):
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
         """Refined tokens: affinity [B, T, L] -> z [B, T, d] (input dropout is active in training mode)."""
-        return self.encode(self.embed(affinity))
+        x = self.embed(affinity)
+        for block in self.blocks:
+            x = block(x)
+        return x
 
     def embed(self, affinity: torch.Tensor) -> torch.Tensor:
         """Input tokens: affinity [B, T, L] -> input dropout -> Linear(L, d) -> dropout -> x [B, T, d]."""
         if affinity.shape[-1] != self.config.anchors:
             raise ValueError(f"affinity has {affinity.shape[-1]} anchors, not {self.config.anchors}")
         return self.projection_dropout(self.projection(self.input_dropout(affinity)))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder blocks: x [B, T, d] -> z [B, T, d]."""
-        for block in self.blocks:
-            x = block(x)
-        return x
 
     def forward_bf16(self, affinity: torch.Tensor) -> torch.Tensor:
         """Refined tokens for bf16 inference: affinity [B, T, L] -> z [B, T, d] float32.

@@ -326,7 +326,9 @@ def evaluate_val(
     clusters = np.asarray(datasets.load_training_db(db_file)["val"]["cluster"])
 
     def scorer(affinity):
-        return csa_scores(model, affinity, batch_size, precision, device, onednn_graph)
+        return csa_scores(
+            model, affinity, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
+        )
 
     start = time.perf_counter()
     result = evaluate_split(features, clusters, K, L, scorer, batch_size=batch_size, device=device)
@@ -525,7 +527,9 @@ def rerank_csa(
     K, L = candidates.shape[1], seq.shape[2]
     if model.config.anchors != L:
         raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, {affinity_file} has L={L}")
-    scores = csa_scores(model, seq, batch_size, precision, device, onednn_graph)
+    scores = csa_scores(
+        model, seq, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
+    )
 
     query, db = load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks")
