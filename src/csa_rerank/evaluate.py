@@ -68,8 +68,28 @@ def protocol_lists(gnd_entry: dict, protocol: str) -> tuple[list[int], list[int]
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
+def per_query(ranks: np.ndarray, gnd: Sequence[dict], kappas=KAPPAS) -> dict[str, list]:
+    """Per-query metrics for the three protocols: ``{protocol: [(AP, [P@k, ...]) or None, ...]}``, one entry per
+    query in ``gnd`` order, fractions in [0, 1]; None for a query without positives under that protocol.
+
+    Args:
+        ranks: [N_q, N_db] ranked db indices per query (a whole-database ranking for exact AP).
+        gnd: the ``gnd`` list of a revisitop ground-truth file (one dict per query).
+    """
+    if len(ranks) != len(gnd):
+        raise ValueError(f"ranking has {len(ranks)} queries, ground truth {len(gnd)}")
+    return {
+        protocol: [
+            query_metrics(np.asarray(ranking), *protocol_lists(entry, protocol), kappas)
+            for ranking, entry in zip(ranks, gnd, strict=True)
+        ]
+        for protocol in PROTOCOLS
+    }
+
+
 def evaluate(ranks: np.ndarray, gnd: Sequence[dict], kappas=KAPPAS) -> dict:
-    """mAP and mP@k (both in %) for the three protocols.
+    """mAP and mP@k (both in %) for the three protocols: the means of :func:`per_query` over the queries with
+    positives.
 
     Args:
         ranks: [N_q, N_db] ranked db indices per query (a whole-database ranking for exact AP).
@@ -77,21 +97,25 @@ def evaluate(ranks: np.ndarray, gnd: Sequence[dict], kappas=KAPPAS) -> dict:
     Returns:
         {"easy": {"mAP": float, "mP@1": float, ...}, "medium": {...}, "hard": {...}}
     """
-    if len(ranks) != len(gnd):
-        raise ValueError(f"ranking has {len(ranks)} queries, ground truth {len(gnd)}")
     out = {}
-    for protocol in PROTOCOLS:
-        aps, precisions = [], []
-        for ranking, entry in zip(ranks, gnd, strict=True):
-            ok, junk = protocol_lists(entry, protocol)
-            metrics = query_metrics(np.asarray(ranking), ok, junk, kappas)
-            if metrics is None:
-                continue
-            aps.append(metrics[0])
-            precisions.append(metrics[1])
+    for protocol, metrics in per_query(ranks, gnd, kappas).items():
+        kept = [m for m in metrics if m is not None]
+        aps, precisions = [m[0] for m in kept], [m[1] for m in kept]
         result = {"mAP": 100.0 * float(np.mean(aps)) if aps else float("nan")}
         mean_p = np.mean(precisions, axis=0) if precisions else [float("nan")] * len(kappas)
         for k, p in zip(kappas, mean_p, strict=True):
             result[f"mP@{k}"] = 100.0 * float(p)
         out[protocol] = result
     return out
+
+
+def per_query_table(ranks: np.ndarray, gnd: Sequence[dict], kappas=KAPPAS) -> dict[str, dict[str, list]]:
+    """:func:`per_query` as JSON-ready columns in %: ``{protocol: {"AP": [...], "P@1": [...], ...}}``, None where
+    a query has no positives; the mean of a column's numbers is the protocol's mAP / mP@k."""
+    table = {}
+    for protocol, metrics in per_query(ranks, gnd, kappas).items():
+        columns = {"AP": [None if m is None else 100.0 * m[0] for m in metrics]}
+        for i, k in enumerate(kappas):
+            columns[f"P@{k}"] = [None if m is None else 100.0 * m[1][i] for m in metrics]
+        table[protocol] = columns
+    return table
