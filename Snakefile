@@ -35,4 +35,4 @@ include: "workflow/rules/export.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        plan.all_targets(),

@@ -435,7 +435,7 @@ def test_plan_of_the_paper_config_covers_what_the_workflow_reads():
         if name not in user_supplied:
             weights = spec.get("checkpoint") or spec["body_checkpoint"]
             assert weights.removeprefix("<data>/") in plan.files, name
-    for name in config["datasets"]["test"]:  # the paths of common.smk's raw_data()
+    for name in config["datasets"]["test"]:  # the paths of csa_rerank.plan.paths.raw_data()
         assert f"test/{name}/gnd_{name}.pkl" in plan.files and f"test/{name}/jpg" in plan.image_folders
     assert {"revisitop1m/revisitop1m.txt", "train/retrieval-SfM-120k/retrieval-SfM-120k.pkl"} <= set(plan.files)
     r1m = plan.image_folders["revisitop1m/jpg"]

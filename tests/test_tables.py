@@ -135,6 +135,16 @@ def test_text_cells(tmp_path):
     assert row["ROxf Hard"] == 20.0 and row["paper ROxf Hard"] == 23.0
 
 
+def test_columns_the_paper_lacks_follow_its_own(tmp_path):
+    # a test set added to the registry (label "Toy") gets its own columns, without published values
+    path = _evaluation(tmp_path, "x", medium=50.0, hard=20.0)
+    cells = {"ROxf Hard": _cell(path, "hard"), "Toy Medium": _cell(path, "medium"), "Toy Hard": _cell(path, "hard")}
+    frame = tables.build("table2", {"label_header": "Method", "rows": [{"label": "R-GeM", "cells": cells}]})
+    assert list(frame.columns[-4:]) == ["Toy Medium", "paper Toy Medium", "Toy Hard", "paper Toy Hard"]
+    assert frame.loc[0, "Toy Medium"] == 50.0 and pd.isna(frame.loc[0, "paper Toy Hard"])
+    assert frame.loc[0, "paper ROxf Hard"] == 44.3
+
+
 def test_empty_layout_gives_the_full_header():
     frame = tables.build("table5", {"label_header": "Method", "rows": []})
     assert frame.empty

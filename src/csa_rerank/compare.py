@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, h5io
+from . import datasets, h5io, registry
 
 log = logging.getLogger("csa_rerank")
 
-# Methods whose ``fit`` learns weights on the training set, and the module that has it.
-LEARNED = {"LAttQE": "lattqe", "LAttDBA + LAttQE": "lattqe", "CRL": "crl"}
-# The method that needs the images and the network at re-ranking time.
-SPATIAL = "DSM"
+# Methods whose ``fit`` learns weights on the training set, and the module that has it (csa_rerank.registry).
+LEARNED = registry.learned()
+# The method that needs the images and the network at re-ranking time (DSM).
+(SPATIAL,) = [m.label for m in registry.METHODS if m.needs_images]
 
 
 def fit_method(method: str, db_file: str, features_file: str, neighbours_file: str, params: dict, out_path: str):

@@ -173,7 +173,10 @@ def build(table: str, layout: dict) -> pd.DataFrame:
             record[column] = round(value, _decimals(column))
             record[f"paper {column}"] = paper.get(row["label"], {}).get(column)
         records.append(record)
-    return pd.DataFrame.from_records(records, columns=columns(table, layout["label_header"]))
+    header = columns(table, layout["label_header"])
+    # columns the paper does not have (e.g. a test set added to the registry) follow its own, with empty paper values
+    extra = dict.fromkeys(c for row in layout["rows"] for c in row["cells"] if c not in header)
+    return pd.DataFrame.from_records(records, columns=header + [c for m in extra for c in (m, f"paper {m}")])
 
 
 def write(frame: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path) -> None:

@@ -1,13 +1,16 @@
 # The built-in demo benchmark (configs/demo.yaml): generated locally, deterministic from its seed, written in the
 # real datasets' formats and paths so that every later rule is the one the paper run uses.  The paper
-# configuration has no `demo` section, so these rules do not exist there.
+# configuration has no `demo` section, so these rules do not exist there.  The demo's test sets are in revisitop's
+# layout (csa_rerank.registry.revisitop_test_set).
 
 if config.get("demo"):
+    # generated in revisitop's layout whatever the test set's name
+    demo_testset = paths.dataset_files(registry.revisitop_test_set("{dataset}"))
 
     rule generate_demo_testset:
         output:
-            images=directory("<data>/test/{dataset}/jpg"),
-            gnd="<data>/test/{dataset}/gnd_{dataset}.pkl",
+            images=directory(demo_testset["images"]),
+            gnd=demo_testset["listing"],
         log:
             "<logs>/generate_demo/{dataset}.log",
         conda:
@@ -19,25 +22,27 @@ if config.get("demo"):
         script:
             "../scripts/generate_demo.py"
 
-    rule generate_demo_distractors:
-        output:
-            images=directory("<data>/revisitop1m/jpg"),
-            listing="<data>/revisitop1m/revisitop1m.txt",
-        log:
-            "<logs>/generate_demo/distractors.log",
-        conda:
-            "../../envs/torch.yaml"
-        params:
-            seed=config["demo"]["seed"] + 100,
-            image_size=config["demo"]["image_size"],
-            sizes=config["demo"]["distractors"],
-        script:
-            "../scripts/generate_demo.py"
+    if plan.distractors:
+
+        rule generate_demo_distractors:
+            output:
+                images=directory(plan.raw_data(plan.distractors)["images"]),
+                listing=plan.raw_data(plan.distractors)["listing"],
+            log:
+                "<logs>/generate_demo/distractors.log",
+            conda:
+                "../../envs/torch.yaml"
+            params:
+                seed=config["demo"]["seed"] + 100,
+                image_size=config["demo"]["image_size"],
+                sizes=config["demo"]["distractors"],
+            script:
+                "../scripts/generate_demo.py"
 
     rule generate_demo_trainset:
         output:
-            images=directory("<data>/train/retrieval-SfM-120k/ims"),
-            db="<data>/train/retrieval-SfM-120k/retrieval-SfM-120k.pkl",
+            images=directory(plan.raw_data(plan.training_set)["images"]),
+            db=plan.raw_data(plan.training_set)["listing"],
         log:
             "<logs>/generate_demo/training.log",
         conda:

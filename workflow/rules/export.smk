@@ -12,7 +12,7 @@ rule export_csa:
     log:
         "<logs>/export_csa/{layout}/{network}.log",
     wildcard_constraints:
-        layout=_alternatives(EXPORT_LAYOUTS),
+        layout=alternatives(plan.export_layouts),
     conda:
         "../../envs/torch.yaml"
     params:

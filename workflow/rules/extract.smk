@@ -23,22 +23,22 @@ rule extract:
     params:
         kind=extract_kind,
         network=network_spec,
-        settings=EXTRACTION_SETTINGS,
+        settings=plan.extraction_settings,
     script:
         "../scripts/extract.py"
 
 
-if DISTRACTORS:
+if plan.distractors:
 
     rule extract_shard:
         input:
             unpack(shard_inputs),
         output:
-            f"<results>/features/{DISTRACTORS}/{{network}}/shard{{shard}}.h5",
+            f"<results>/features/{plan.distractors}/{{network}}/shard{{shard}}.h5",
         log:
-            f"<logs>/extract/{DISTRACTORS}/{{network}}/shard{{shard}}.log",
+            f"<logs>/extract/{plan.distractors}/{{network}}/shard{{shard}}.log",
         benchmark:
-            f"<benchmarks>/extract/{DISTRACTORS}/{{network}}/shard{{shard}}.tsv"
+            f"<benchmarks>/extract/{plan.distractors}/{{network}}/shard{{shard}}.tsv"
         wildcard_constraints:
             shard=r"\d+",
         priority: 1
@@ -50,9 +50,9 @@ if DISTRACTORS:
         params:
             kind="distractors",
             network=network_spec,
-            settings=EXTRACTION_SETTINGS,
+            settings=plan.extraction_settings,
             shard=shard_range,
-            n_images=DISTRACTOR_IMAGES,
+            n_images=plan.distractor_images,
         script:
             "../scripts/extract.py"
 
@@ -60,14 +60,14 @@ if DISTRACTORS:
         input:
             distractor_shards,
         output:
-            f"<results>/features/{DISTRACTORS}/{{network}}.h5",
+            f"<results>/features/{plan.distractors}/{{network}}.h5",
         log:
-            f"<logs>/merge_shards/{DISTRACTORS}/{{network}}.log",
+            f"<logs>/merge_shards/{plan.distractors}/{{network}}.log",
         benchmark:
-            f"<benchmarks>/merge_shards/{DISTRACTORS}/{{network}}.tsv"
+            f"<benchmarks>/merge_shards/{plan.distractors}/{{network}}.tsv"
         conda:
             "../../envs/torch.yaml"
         params:
-            n_images=DISTRACTOR_IMAGES,
+            n_images=plan.distractor_images,
         script:
             "../scripts/merge_shards.py"

@@ -1,5 +1,5 @@
 # The figures of model variants (Fig. 2, supplementary Figs. 1 and 2): their points as CSV, one PNG each.  Every
-# point is a model trained by `train` (common.smk: MODELS, FIGURE_SWEEPS), evaluated on the test sets by
+# point is a model trained by `train` (csa_rerank.plan.models), evaluated on the test sets by
 # `rerank_csa` + `evaluate_rerank`, or on the training set's val split by `evaluate_val`.
 
 
@@ -9,13 +9,13 @@ localrules:
 
 rule evaluate_val:
     input:
-        features=f"<results>/features/{TRAINSET}/{{network}}.h5",
-        db=raw_data_of(TRAINSET)["listing"],
+        features=f"<results>/features/{plan.training_set}/{{network}}.h5",
+        db=plan.raw_data(plan.training_set)["listing"],
         model="<results>/models/{model}/model.pt",
     output:
-        f"<results>/eval/{TRAINSET}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.json",
+        f"<results>/eval/{plan.training_set}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.json",
     log:
-        f"<logs>/evaluate/{TRAINSET}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.log",
+        f"<logs>/evaluate/{plan.training_set}-val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.log",
     benchmark:
         f"<benchmarks>/evaluate_val/{{network}}/csa-{{model}}/K{{K}}_L{{L}}.tsv"
     conda:
@@ -48,7 +48,7 @@ rule figure:
     log:
         "<logs>/figures/{figure}.log",
     wildcard_constraints:
-        figure="|".join(FIGURES) or "no-figure-configured",
+        figure="|".join(plan.figures) or "no-figure-configured",
     conda:
         "../../envs/tables.yaml"
     params:

@@ -12,7 +12,7 @@ rule knn:
     benchmark:
         "<benchmarks>/knn/{testset}/{network}.tsv"
     wildcard_constraints:
-        network=_alternatives(NETWORKS),  # {network}~{method} lists come from rule rerank_method
+        network=alternatives(plan.networks),  # {network}~{method} lists come from rule rerank_method
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -24,7 +24,7 @@ rule knn:
 
 rule train_neighbours:
     input:
-        f"<results>/features/{TRAINSET}/{{network}}.h5",
+        f"<results>/features/{plan.training_set}/{{network}}.h5",
     output:
         "<results>/neighbours/{network}.h5",
     log:
@@ -37,7 +37,7 @@ rule train_neighbours:
         "../../envs/torch.yaml"
     threads: 2
     params:
-        k=TRAIN_TOPK,
+        k=plan.train_topk,
         memory_gb=config["knn"]["memory_gb"],
     script:
         "../scripts/train_neighbours.py"

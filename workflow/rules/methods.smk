@@ -6,8 +6,8 @@
 
 rule fit_method:
     input:
-        db="<data>/train/retrieval-SfM-120k/retrieval-SfM-120k.pkl",
-        features=f"<results>/features/{TRAINSET}/{{network}}.h5",
+        db=plan.raw_data(plan.training_set)["listing"],
+        features=f"<results>/features/{plan.training_set}/{{network}}.h5",
         neighbours="<results>/neighbours/{network}.h5",
     output:
         "<results>/methods/{module}/{network}.pt",
@@ -16,8 +16,8 @@ rule fit_method:
     benchmark:
         "<benchmarks>/fit_method/{module}/{network}.tsv"
     wildcard_constraints:
-        module="lattqe|crl",
-        network=_alternatives(NETWORKS),
+        module=alternatives(FIT_MODULES),
+        network=alternatives(plan.networks),
     # started as soon as the training descriptors exist, so that a long fit does not end the run alone
     priority: 1
     conda:
@@ -25,10 +25,8 @@ rule fit_method:
     threads: 2
     params:
         # LAttQE's settings train the model that LAttDBA + LAttQE shares
-        method=lambda wildcards: {"lattqe": "LAttQE", "crl": "CRL"}[wildcards.module],
-        settings=lambda wildcards: METHODS.get(
-            {"lattqe": "LAttQE", "crl": "CRL"}[wildcards.module], {}
-        ).get("fit", {}),
+        method=fit_method_label,
+        settings=fit_settings,
     script:
         "../scripts/fit_method.py"
 
@@ -43,17 +41,13 @@ rule rerank_method:
     benchmark:
         "<benchmarks>/rerank_method/{testset}/{network}~{method}.tsv"
     wildcard_constraints:
-        network=_alternatives(NETWORKS),
+        network=alternatives(plan.networks),
     conda:
         "../../envs/torch.yaml"
     threads: 2
     params:
         method=method_label,
-        settings=lambda wildcards: {
-            key: value
-            for key, value in METHODS[METHOD_OF_SLUG[wildcards.method]].items()
-            if key != "fit"
-        },
+        settings=method_settings,
         dsm=dsm_settings,
     script:
         "../scripts/rerank_method.py"

@@ -9,7 +9,7 @@ localrules:
 
 rule report:
     input:
-        tables_and_figures(),
+        plan.tables_and_figures(),
     output:
         "<results>/report.html",
     log:

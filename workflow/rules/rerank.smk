@@ -20,7 +20,7 @@ rule rerank_csa:
         gpu=1,
     params:
         settings=config["rerank"],
-        latency_queries=EXPERIMENTS["latency_queries"],
+        latency_queries=plan.experiments["latency_queries"],
     script:
         "../scripts/rerank_csa.py"
 
@@ -56,7 +56,7 @@ rule evaluate_rerank:
     input:
         knn="<results>/knn/{testset}/{network}.h5",
         gnd=testset_ground_truth,
-        rerank=rerank_file,
+        rerank="<results>/rerank/{testset}/{network}/{reranker}/K{K}_L{L}.h5",
     output:
         "<results>/eval/{testset}/{network}/{reranker}/K{K}_L{L}.json",
     log:

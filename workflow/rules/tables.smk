@@ -24,7 +24,7 @@ rule table:
     log:
         "<logs>/tables/{table}.log",
     wildcard_constraints:
-        table="|".join(TABLES),
+        table="|".join(plan.tables),
     conda:
         "../../envs/tables.yaml"
     params:

@@ -9,31 +9,42 @@ Every method is a function ``rerank(query, db, ranks, **params) -> new_ranks`` w
 
 returning a new ranking [Q, N'] (a permutation of each row of ``ranks``), so every method runs on the same
 descriptors, the same first-round lists and the same evaluator.  Methods that need training data take it
-from a separate ``fit`` step (documented in their module); :data:`METHODS` maps each Table 5 row label to its
-function.
+from a separate ``fit`` step (documented in their module).  :data:`METHODS` maps each Table 5 row label of the
+registry (:mod:`csa_rerank.registry`, where methods are added) to its function; "Ours" is CSA itself
+(``csa_rerank.methods.csa``), which the workflow runs through its own rules.
 """
 
 from __future__ import annotations
 
-from csa_rerank.methods import crl, dba, diffusion, dsm, gss, kreciprocal, lattqe, qe, superglobal
+from collections.abc import Callable, Iterator, Mapping
 
-METHODS: dict = {
-    # training-free; "k-reciprocal" and "SuperGlobal (refinement)" are extra rows, not in the paper
-    "AQE": qe.aqe,
-    "AQEwD": qe.aqewd,
-    "DQE": qe.dqe,
-    "αQE": qe.alpha_qe,
-    "ADBA + AQE": dba.adba_aqe,
-    "ADBAwD + AQEwD": dba.adbawd_aqewd,
-    "DDBA + DQE": dba.ddba_dqe,
-    "αDBA + αQE": dba.alpha_dba_alpha_qe,
-    "DFS": diffusion.dfs,
-    "k-reciprocal": kreciprocal.k_reciprocal,
-    "SuperGlobal (refinement)": superglobal.superglobal,
-    # learned on the training set (``fit`` in their module; ``weights=``), graph and spatial methods
-    "LAttQE": lattqe.rerank,
-    "LAttDBA + LAttQE": lattqe.rerank_dba,
-    "CRL": crl.rerank,
-    "GSS": gss.rerank,
-    "DSM": dsm.rerank,
-}
+from csa_rerank import registry
+
+
+class _Methods(Mapping):
+    """Table 5 row label -> the method's function, in the registry's order (:data:`csa_rerank.registry.METHODS`).
+
+    Read-only, and lazy: a method's module is imported when its function is first looked up, so importing this
+    package imports no method (each method's module is its own unit, e.g. for hashing it alone)."""
+
+    def __getitem__(self, label: str) -> Callable:
+        try:
+            entry = registry.method(label)
+        except KeyError:
+            raise KeyError(label) from None
+        return entry.load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([m.label for m in registry.METHODS])
+
+    def __len__(self) -> int:
+        return len(registry.METHODS)
+
+    def __contains__(self, label: object) -> bool:  # without importing the method
+        return any(m.label == label for m in registry.METHODS)
+
+    def __repr__(self) -> str:
+        return f"METHODS({', '.join(self)})"
+
+
+METHODS: Mapping[str, Callable] = _Methods()

@@ -1,0 +1,143 @@
+"""The datasets and re-ranking methods the pipeline knows: one entry each, in one place.
+
+Everything else is derived from these entries: the names the configuration accepts (``datasets.*``, ``methods``),
+the raw-data paths under ``<data>``, the column labels of the tables, the path slug of a method's ranking file,
+which module fits a learned method, the row order of table 5 and :data:`csa_rerank.methods.METHODS`.
+
+Adding a dataset or a method is one more entry in :data:`DATASETS` or :data:`METHODS` (README.md, "Extending").
+The lookups below read the tuples when called, so an entry appended at the end of this module, e.g.
+``METHODS = (*METHODS, Method("My QE", "myqe", "csa_rerank.methods.myqe:rerank"))``, counts like one in the
+literal.  Importing this module imports no method: functions are named as ``"module:function"`` strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------------------------
+# datasets
+
+# What a dataset is for; also the `kind` the extraction script is told (csa_rerank.stages).
+TEST = "test"  # revisitop test set: database + queries with bounding boxes, ground truth gnd_<name>.pkl
+DISTRACTORS = "distractors"  # image list appended to every test database (the "+R1M" columns)
+TRAINING = "training"  # cirtorch training set: train/val splits with cluster labels and query/positive pairs
+WHITENING = "whitening"  # cirtorch whitening set: images and pairs that fit a learned post-whitening
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str  # as in the config (datasets.*) and in paths (<results>/features/<name>/...)
+    kind: str  # TEST, DISTRACTORS, TRAINING or WHITENING
+    root: str  # folder under <data>
+    listing: str  # file in root: ground truth (test), image list (distractors), db pickle (training, whitening)
+    images: str  # image folder in root
+    label: str  # in table columns ("ROxf Medium", "ROxf+R1M Hard")
+
+    @property
+    def listing_path(self) -> str:
+        return f"{self.root}/{self.listing}"
+
+    @property
+    def images_path(self) -> str:
+        return f"{self.root}/{self.images}"
+
+
+def revisitop_test_set(name: str, label: str | None = None) -> Dataset:
+    """A test set in revisitop's layout: <data>/test/<name>/jpg/ and <data>/test/<name>/gnd_<name>.pkl."""
+    return Dataset(name, TEST, f"test/{name}", f"gnd_{name}.pkl", "jpg", label or name)
+
+
+_SFM = "train/retrieval-SfM-120k"  # cirtorch's folder of the training and whitening sets (one image folder)
+
+DATASETS: tuple[Dataset, ...] = (
+    revisitop_test_set("roxford5k", "ROxf"),
+    revisitop_test_set("rparis6k", "RPar"),
+    Dataset("r1m", DISTRACTORS, "revisitop1m", "revisitop1m.txt", "jpg", "R1M"),
+    Dataset("rsfm120k", TRAINING, _SFM, "retrieval-SfM-120k.pkl", "ims", "rSfM120k"),
+    Dataset("rsfm120k-whiten", WHITENING, _SFM, "retrieval-SfM-120k-whiten.pkl", "ims", "rSfM120k-whiten"),
+)
+
+
+def dataset(name: str) -> Dataset:
+    for entry in DATASETS:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(d.name for d in DATASETS)}")
+
+
+def dataset_names(*kinds: str) -> list[str]:
+    """The registered datasets of the given kinds, in registry order."""
+    return [d.name for d in DATASETS if d.kind in kinds]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# re-ranking methods
+
+COMPARED = "compared"  # a method of csa_rerank.methods, rerank(query, db, ranks, **params), rule rerank_method
+CSA = "csa"  # the paper's own method, planned by the CSA rules (train, affinity, rerank_csa), not by rerank_method
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # the row label of table 5 and the key under the config's `methods`
+    slug: str  # in paths: <results>/knn/{testset}/{network}~{slug}.h5; never change a published one
+    function: str  # "module:function", imported on first use
+    fitted_by: str | None = None  # learned: the module of csa_rerank.methods whose fit() trains its weights
+    needs_images: bool = False  # re-ranks with the images and the network, not only the descriptors
+    in_paper: bool = True  # False: an extra row of table 5, marked "(not in the paper)"
+    plus_ours: bool = False  # table 5 also has CSA re-ranking this method's lists ("GSS+Ours")
+    kind: str = COMPARED
+
+    def load(self):
+        """The method's function (imports its module)."""
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# Table 5's rows in order: the paper's compared methods, CSA ("Ours", then "GSS+Ours", "DFS+Ours"), the extra rows.
+METHODS: tuple[Method, ...] = (
+    Method("AQE", "aqe", "csa_rerank.methods.qe:aqe"),
+    Method("AQEwD", "aqewd", "csa_rerank.methods.qe:aqewd"),
+    Method("DQE", "dqe", "csa_rerank.methods.qe:dqe"),
+    Method("αQE", "alphaqe", "csa_rerank.methods.qe:alpha_qe"),
+    Method("LAttQE", "lattqe", "csa_rerank.methods.lattqe:rerank", fitted_by="lattqe"),
+    Method("ADBA + AQE", "adba-aqe", "csa_rerank.methods.dba:adba_aqe"),
+    Method("ADBAwD + AQEwD", "adbawd-aqewd", "csa_rerank.methods.dba:adbawd_aqewd"),
+    Method("DDBA + DQE", "ddba-dqe", "csa_rerank.methods.dba:ddba_dqe"),
+    Method("αDBA + αQE", "alphadba-alphaqe", "csa_rerank.methods.dba:alpha_dba_alpha_qe"),
+    # LAttQE's model, fitted once, also re-ranks the database side (one fit_method job for both rows)
+    Method("LAttDBA + LAttQE", "lattdba-lattqe", "csa_rerank.methods.lattqe:rerank_dba", fitted_by="lattqe"),
+    Method("DSM", "dsm", "csa_rerank.methods.dsm:rerank", needs_images=True),
+    Method("CRL", "crl", "csa_rerank.methods.crl:rerank", fitted_by="crl"),
+    Method("GSS", "gss", "csa_rerank.methods.gss:rerank", plus_ours=True),
+    Method("DFS", "dfs", "csa_rerank.methods.diffusion:dfs", plus_ours=True),
+    Method("Ours", "csa", "csa_rerank.methods.csa:rerank", kind=CSA),
+    Method("k-reciprocal", "kreciprocal", "csa_rerank.methods.kreciprocal:k_reciprocal", in_paper=False),
+    Method("SuperGlobal (refinement)", "superglobal", "csa_rerank.methods.superglobal:superglobal", in_paper=False),
+)
+
+
+def method(label: str) -> Method:
+    for entry in METHODS:
+        if entry.label == label:
+            return entry
+    raise KeyError(f"unknown method {label!r}; known: {', '.join(m.label for m in METHODS)}")
+
+
+def compared_methods() -> list[Method]:
+    """The methods rule rerank_method runs (every one but CSA), in registry order."""
+    return [m for m in METHODS if m.kind == COMPARED]
+
+
+def learned() -> dict[str, str]:
+    """Learned method label -> the module whose fit() trains it."""
+    return {m.label: m.fitted_by for m in METHODS if m.fitted_by}
+
+
+def fit_modules() -> dict[str, str]:
+    """Module with a fit() -> the method label whose config `fit` settings train it (the first that names it)."""
+    modules: dict[str, str] = {}
+    for label, module in learned().items():
+        modules.setdefault(module, label)
+    return modules
