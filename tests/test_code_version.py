@@ -12,6 +12,19 @@ from csa_rerank import code_version
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _clear_caches():
+    for cached in (code_version._tree, code_version.module_closure, code_version.module_digest):
+        cached.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """Tests point the module at other package copies: no cached tree may outlive a test."""
+    _clear_caches()
+    yield
+    _clear_caches()
+
+
 @pytest.fixture
 def toy_package(tmp_path, monkeypatch):
     """A package ``csa_rerank`` in tmp_path: stages.a imports x inside the function, stages.b imports y."""
@@ -44,11 +57,7 @@ def toy_package(tmp_path, monkeypatch):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(textwrap.dedent(text))
     monkeypatch.setattr(code_version, "PACKAGE_ROOT", root)
-    for cached in (code_version._tree, code_version.module_closure, code_version.module_digest):
-        cached.cache_clear()
-    yield root
-    for cached in (code_version._tree, code_version.module_closure, code_version.module_digest):
-        cached.cache_clear()
+    return root
 
 
 def _script(tmp_path, body):
@@ -70,7 +79,7 @@ def test_the_digest_follows_code_not_comments_or_docstrings(toy_package, tmp_pat
 
     def edit(name, text):
         (toy_package / name).write_text(text)
-        code_version.module_digest.cache_clear()
+        _clear_caches()
         return code_version.script_digest(script)
 
     assert edit("x.py", '"""Now documented."""\n\n\ndef f():  # one\n    return 1\n') == before
@@ -84,14 +93,14 @@ def test_extra_modules_join_the_digest(toy_package, tmp_path):
     with_x = code_version.script_digest(script, extra=("csa_rerank.x",))
     assert plain != with_x
     (toy_package / "x.py").write_text("def f():\n    return 5\n")
-    code_version.module_digest.cache_clear()
+    _clear_caches()
     assert code_version.script_digest(script) == plain
     assert code_version.script_digest(script, extra=("csa_rerank.x",)) != with_x
 
 
 def test_relative_imports_resolve_inside_subpackages(toy_package):
     (toy_package / "sub" / "other.py").write_text("from . import deep\nfrom .. import common\n")
-    code_version.module_closure.cache_clear()
+    _clear_caches()
     closure = code_version.module_closure("csa_rerank.sub.other")
     assert {"csa_rerank.sub.deep", "csa_rerank.common", "csa_rerank.sub", "csa_rerank"} <= closure
 
@@ -101,3 +110,30 @@ def test_extraction_does_not_run_the_compared_methods_or_the_re_ranker():
     assert "csa_rerank.extract" in extraction and "csa_rerank.networks" in extraction
     assert not any(module.startswith("csa_rerank.methods") for module in extraction), sorted(extraction)
     assert "csa_rerank.model" not in extraction
+
+
+def test_editing_a_compared_method_changes_its_jobs_digest_only(tmp_path, monkeypatch):
+    """The package copied, DFS's module edited: only the digest of DFS's re-ranking jobs changes."""
+    import shutil
+
+    from csa_rerank import registry
+
+    package = tmp_path / "csa_rerank"
+    shutil.copytree(code_version.PACKAGE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__"))
+    scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
+
+    def digests():
+        _clear_caches()
+        jobs = {script.name: code_version.script_digest(script) for script in scripts}
+        for method in registry.compared_methods():
+            jobs[method.label] = code_version.script_digest(
+                REPO / "workflow/scripts/rerank_method.py", (method.module,)
+            )
+        return jobs
+
+    monkeypatch.setattr(code_version, "PACKAGE_ROOT", package)
+    before = digests()
+    with (package / "methods" / "diffusion.py").open("a") as module:
+        module.write("\nEDITED = True\n")
+    after = digests()
+    assert {job for job in before if before[job] != after[job]} == {"DFS"}

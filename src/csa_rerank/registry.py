@@ -89,10 +89,13 @@ class Method:
     plus_ours: bool = False  # table 5 also has CSA re-ranking this method's lists ("GSS+Ours")
     kind: str = COMPARED
 
+    @property
+    def module(self) -> str:
+        return self.function.partition(":")[0]
+
     def load(self):
         """The method's function (imports its module)."""
-        module, _, name = self.function.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(self.module), self.function.partition(":")[2])
 
 
 # Table 5's rows in order: the paper's compared methods, CSA ("Ours", then "GSS+Ours", "DFS+Ours"), the extra rows.

@@ -12,5 +12,7 @@ rule affinity:
     conda:
         "../../envs/torch.yaml"
     threads: 1
+    params:
+        code=script_code("affinity.py"),
     script:
         "../scripts/affinity.py"

@@ -2,9 +2,11 @@
 # No rules here.  What is computed from which files is csa_rerank.plan (pure functions of the config, tested in
 # tests/test_plan.py); the datasets and methods are the entries of csa_rerank.registry.  The functions below only
 # unpack wildcards: Snakemake calls them with the job's wildcards, the plan takes plain values.
+from pathlib import Path
+
 from snakemake.utils import validate
 
-from csa_rerank import download, registry
+from csa_rerank import code_version, download, registry
 from csa_rerank.plan import Plan, alternatives, paths
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -18,6 +20,26 @@ FIT_MODULES = registry.fit_modules()
 
 wildcard_constraints:
     **plan.wildcard_constraints(),
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the code behind a job (csa_rerank.code_version): a param of every rule, so that a job reruns when the package
+# code its script runs changes, and only then
+SCRIPTS = Path(workflow.main_snakefile).parent / "workflow" / "scripts"
+
+
+def script_code(script, *modules):
+    return code_version.script_digest(SCRIPTS / script, modules)
+
+
+def method_code(wildcards):
+    """A compared method's job also runs the method's own module, imported by name."""
+    method = registry.method(plan.method_of_slug[wildcards.method])
+    return script_code("rerank_method.py", method.module)
+
+
+def fit_code(wildcards):
+    return script_code("fit_method.py", f"csa_rerank.methods.{wildcards.module}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

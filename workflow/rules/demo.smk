@@ -16,6 +16,7 @@ if config.get("demo"):
         conda:
             "../../envs/torch.yaml"
         params:
+            code=script_code("generate_demo.py"),
             seed=demo_seed,
             image_size=config["demo"]["image_size"],
             sizes=config["demo"]["testsets"],
@@ -33,6 +34,7 @@ if config.get("demo"):
             conda:
                 "../../envs/torch.yaml"
             params:
+                code=script_code("generate_demo.py"),
                 seed=config["demo"]["seed"] + 100,
                 image_size=config["demo"]["image_size"],
                 sizes=config["demo"]["distractors"],
@@ -48,6 +50,7 @@ if config.get("demo"):
         conda:
             "../../envs/torch.yaml"
         params:
+            code=script_code("generate_demo.py"),
             seed=config["demo"]["seed"] + 200,
             image_size=config["demo"]["image_size"],
             sizes=config["demo"]["training"],

@@ -16,6 +16,7 @@ rule export_csa:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=script_code("export_csa.py"),
         protocol=4,  # as the authors' save_pickle; 5 writes R1M in constant memory (csa_rerank.export)
     script:
         "../scripts/export_csa.py"

@@ -21,6 +21,7 @@ rule extract:
     resources:
         gpu=1,
     params:
+        code=script_code("extract.py"),
         kind=extract_kind,
         network=network_spec,
         settings=plan.extraction_settings,
@@ -48,6 +49,7 @@ if plan.distractors:
         resources:
             gpu=1,
         params:
+            code=script_code("extract.py"),
             kind="distractors",
             network=network_spec,
             settings=plan.extraction_settings,
@@ -68,6 +70,7 @@ if plan.distractors:
         conda:
             "../../envs/torch.yaml"
         params:
+            code=script_code("merge_shards.py"),
             n_images=plan.distractor_images,
         script:
             "../scripts/merge_shards.py"

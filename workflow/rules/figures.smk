@@ -24,6 +24,7 @@ rule evaluate_val:
     resources:
         gpu=1,
     params:
+        code=script_code("evaluate_val.py"),
         settings=config["rerank"],
     script:
         "../scripts/evaluate_val.py"
@@ -52,6 +53,7 @@ rule figure:
     conda:
         "../../envs/tables.yaml"
     params:
+        code=script_code("make_figure.py"),
         layout=figure_layout_of,
     script:
         "../scripts/make_figure.py"

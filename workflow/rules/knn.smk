@@ -17,6 +17,7 @@ rule knn:
         "../../envs/torch.yaml"
     threads: 2
     params:
+        code=script_code("knn.py"),
         memory_gb=config["knn"]["memory_gb"],
     script:
         "../scripts/knn.py"
@@ -37,6 +38,7 @@ rule train_neighbours:
         "../../envs/torch.yaml"
     threads: 2
     params:
+        code=script_code("train_neighbours.py"),
         k=plan.train_topk,
         memory_gb=config["knn"]["memory_gb"],
     script:

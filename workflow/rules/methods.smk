@@ -24,6 +24,7 @@ rule fit_method:
         "../../envs/torch.yaml"
     threads: 2
     params:
+        code=fit_code,
         # LAttQE's settings train the model that LAttDBA + LAttQE shares
         method=fit_method_label,
         settings=fit_settings,
@@ -46,6 +47,7 @@ rule rerank_method:
         "../../envs/torch.yaml"
     threads: 2
     params:
+        code=method_code,
         method=method_label,
         settings=method_settings,
         dsm=dsm_settings,

@@ -17,6 +17,7 @@ rule report:
     conda:
         "../../envs/report.yaml"
     params:
+        code=script_code("report.py"),
         snakefile=workflow.main_snakefile,
     script:
         "../scripts/report.py"

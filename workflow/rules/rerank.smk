@@ -19,6 +19,7 @@ rule rerank_csa:
     resources:
         gpu=1,
     params:
+        code=script_code("rerank_csa.py"),
         settings=config["rerank"],
         latency_queries=plan.experiments["latency_queries"],
     script:
@@ -34,6 +35,8 @@ rule rerank_affinity_feature:
         "<logs>/rerank/{testset}/{network}/affinity_feature/K{K}_L{L}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=script_code("rerank_affinity_feature.py"),
     script:
         "../scripts/rerank_affinity_feature.py"
 
@@ -48,6 +51,8 @@ rule evaluate_first_round:
         "<logs>/evaluate/{testset}/{network}/first_round.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=script_code("evaluate.py"),
     script:
         "../scripts/evaluate.py"
 
@@ -63,5 +68,7 @@ rule evaluate_rerank:
         "<logs>/evaluate/{testset}/{network}/{reranker}/K{K}_L{L}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=script_code("evaluate.py"),
     script:
         "../scripts/evaluate.py"

@@ -28,6 +28,7 @@ rule table:
     conda:
         "../../envs/tables.yaml"
     params:
+        code=script_code("make_table.py"),
         layout=table_layout_of,
     script:
         "../scripts/make_table.py"

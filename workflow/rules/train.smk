@@ -27,6 +27,7 @@ rule train:
     resources:
         gpu=config["training"]["processes"],
     params:
+        code=script_code("train.py"),
         reranker=reranker_config,
         training=training_hyperparameters,
     script:
