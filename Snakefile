@@ -28,6 +28,7 @@ include: "workflow/rules/rerank.smk"
 include: "workflow/rules/methods.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 

@@ -339,6 +339,38 @@ def test_targets(plan):
     assert "<results>/supp_table1.md" in plan.tables_and_figures() and "<results>/supp_fig2.png" in plan.all_targets()
 
 
+def test_per_query_analysis_compares_every_table5_row_with_the_first_round(plan):
+    rows = plan.compared_rows
+    # table 5 of SMALL: Affinity Feature, AQE, DSM, CRL, GSS, Ours(A), GSS+Ours(A), Ours(B), GSS+Ours(B), k-reciprocal
+    assert list(rows) == ["affinity-feature", "aqe", "dsm", "crl", "gss", "ours-a", "gss-ours-a", "ours-b",
+                          "gss-ours-b", "k-reciprocal"]  # fmt: skip
+    assert rows["k-reciprocal"] == "k-reciprocal (not in the paper)"
+    inputs = plan.per_query_inputs("roxford5k+r1m", "gss-ours-b")
+    assert inputs == {
+        "before": "<results>/eval/roxford5k+r1m/r101/first_round.json",
+        "after": "<results>/eval/roxford5k+r1m/r101~gss/csa-B/K24_L16.json",
+        "gnd": "<data>/test/roxford5k/gnd_roxford5k.pkl",
+    }
+    assert len(plan.per_query_tables("rparis6k")) == 10
+    assert "<results>/per_query/rparis6k+r1m/scatter.png" in plan.report_inputs()
+    assert "<results>/fig3.png" in plan.all_targets()
+
+
+def test_fig3_defaults_and_choices():
+    plan = Plan(small())
+    assert plan.fig3 == {"successes": 2, "failures": 2, "protocol": "medium", "method": "Ours", "testset": "roxford5k"}
+    assert plan.fig3_method() == "Ours(A)"
+    assert plan.qualitative_inputs("roxford5k") == {
+        "before": "<results>/eval/roxford5k/r101/first_round.json",
+        "after": "<results>/eval/roxford5k/r101/csa-A/K24_L16.json",
+        "gnd": "<data>/test/roxford5k/gnd_roxford5k.pkl",
+        "images": "<data>/test/roxford5k/jpg",
+    }
+    gss = Plan(small(experiments__fig3={"method": "GSS+Ours", "testset": "rparis6k"}))
+    assert gss.qualitative_inputs("rparis6k")["after"] == "<results>/eval/rparis6k/r101~gss/csa-A/K24_L16.json"
+    assert Plan(small(experiments__fig3={"method": "k-reciprocal"})).fig3_method() == "k-reciprocal (not in the paper)"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # cross-key checks: each failure names the key
 
@@ -361,6 +393,8 @@ def test_targets(plan):
         ({"datasets__distractor_images": None}, "datasets.distractor_images", "shards"),
         ({"demo": {"distractors": {"n_images": 7}}}, "datasets.distractor_images", "n_images = 7"),
         ({"experiments__fig2": {"hidden": [12]}}, "experiments.fig2.hidden", "head width 8"),
+        ({"experiments__fig3": {"testset": "r1m"}}, "experiments.fig3.testset", "roxford5k, rparis6k"),
+        ({"experiments__fig3": {"method": "DFS"}}, "experiments.fig3.method", "AQE, Affinity Feature"),
     ],
     ids=lambda value: value if isinstance(value, str) and "." in value else None,
 )

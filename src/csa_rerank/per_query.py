@@ -171,3 +171,19 @@ def gallery(
             {"name": name, "picture": f"{q:04d}.png", "before": group["rows"][0]["ap"], "after": group["rows"][1]["ap"]}
         )
     qualitative.write_gallery(folder, title, groups, entries)
+
+
+def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv: str) -> pd.DataFrame:
+    """The per-query CSV of one method on one evaluation set (:func:`method_table`)."""
+    names = datasets.load_ground_truth(gnd_file)["qimlist"]
+    table = method_table(read_evaluation(before_file), read_evaluation(after_file), names)
+    table.to_csv(out_csv, index=False, float_format="%.4f")
+    return table
+
+
+def write_summary(method_tables: dict[str, str], scatter_png: str, help_hurt_csv: str, title: str) -> None:
+    """The scatter plot and the most helped and hurt queries of one evaluation set, from its per-query CSVs
+    (method label -> file)."""
+    tables = {label: pd.read_csv(path, dtype={"name": str}) for label, path in method_tables.items()}
+    scatter(tables, scatter_png, title)
+    help_hurt(tables).to_csv(help_hurt_csv, index=False)

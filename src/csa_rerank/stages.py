@@ -278,6 +278,8 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
     re-ranking file, or a compared method's ranking file (:mod:`csa_rerank.compare`).
     """
     from .evaluate import evaluate as revisitop
+    from .evaluate import per_query_table
+    from .per_query import TOP_SHOWN
 
     ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
     extra = {k: v for k, v in h5io.read_attrs(knn_file).items() if k in ("latency_ms", "memory_gb")}
@@ -290,6 +292,8 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
         extra = {k: v for k, v in h5io.read_attrs(rerank_file).items() if k in ("latency_ms", "memory_gb")}
     gnd = datasets.load_ground_truth(gnd_file)["gnd"]
     result = {**revisitop(ranks, gnd), **{k: float(v) for k, v in extra.items()}}
+    # per query (csa_rerank.per_query): the metrics and the first results, for the analysis and Figure 3
+    result |= {"per_query": per_query_table(ranks, gnd), "top": ranks[:, :TOP_SHOWN].tolist()}
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
     log.info("%s: %s", out_path, {p: round(result[p]["mAP"], 2) for p in ("easy", "medium", "hard")})

@@ -148,3 +148,21 @@ def figure_layout_of(wildcards):
 
 def figure_inputs(wildcards):
     return plan.figure_inputs(wildcards.figure, workflow.pathvars.apply)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-query analysis and Figure 3 (analysis.smk)
+def per_query_inputs(wildcards):
+    return plan.per_query_inputs(wildcards.testset, wildcards.row)
+
+
+def per_query_tables(wildcards):
+    return plan.per_query_tables(wildcards.testset)
+
+
+def fig3_inputs(wildcards):
+    return plan.qualitative_inputs(plan.fig3["testset"])
+
+
+def gallery_inputs(wildcards):
+    return plan.qualitative_inputs(wildcards.testset)

@@ -9,7 +9,7 @@ localrules:
 
 rule report:
     input:
-        plan.tables_and_figures(),
+        plan.report_inputs(),
     output:
         "<results>/report.html",
     log:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from csa_rerank import download, registry
 
-from . import checks, figures, models, paths, tables
+from . import analysis, checks, figures, models, paths, tables
 
 
 def alternatives(names: Iterable[str]) -> str:
@@ -66,6 +66,9 @@ class Plan:
         # What the download rules fetch; None for the demo, which generates its data.
         has_downloads = "downloads" in config and not config.get("demo")
         self.downloads = download.plan_downloads(config["downloads"]) if has_downloads else None
+        # Figure 3 and the per-query analysis (checked now: its settings name table-5 rows)
+        self.fig3 = analysis.fig3_settings(self)
+        self.compared_rows = analysis.compared_rows(self)
 
     def with_distractors(self, testset: str) -> str:
         return f"{testset}+{self.distractors}"
@@ -86,6 +89,7 @@ class Plan:
             "method": methods_pattern,
             "model": models_pattern,
             "reranker": f"affinity_feature|csa-({models_pattern})",
+            "row": alternatives(self.compared_rows) or "none",
             "K": r"\d+",
             "L": r"\d+",
         }
@@ -241,12 +245,30 @@ class Plan:
             f"<results>/{figure}.{ext}" for figure in self.figures for ext in ("png", "csv")
         ]
 
+    def report_inputs(self) -> list[str]:
+        """What the report shows: the tables, the figures and the per-query analysis."""
+        return self.tables_and_figures() + analysis.outputs(self)
+
     def all_targets(self) -> list[str]:
         return (
             [f"<results>/{table}.csv" for table in self.tables]
             + [f"<results>/{figure}.png" for figure in self.figures]
-            + ["<results>/report.html"]
+            + ["<results>/fig3.png", "<results>/report.html"]
         )
+
+    # -----------------------------------------------------------------------------------------------------------
+    # per-query analysis and Figure 3 (workflow/rules/analysis.smk)
+    def per_query_inputs(self, testset: str, row: str) -> dict[str, str]:
+        return analysis.per_query_inputs(self, testset, row)
+
+    def per_query_tables(self, testset: str) -> list[str]:
+        return analysis.per_query_tables(self, testset)
+
+    def qualitative_inputs(self, testset: str) -> dict[str, str]:
+        return analysis.qualitative_inputs(self, testset)
+
+    def fig3_method(self) -> str:
+        return analysis.method_label(self)
 
 
 def _resolve(cells: dict, resolve: Callable[[str], str]) -> None:

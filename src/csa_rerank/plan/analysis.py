@@ -1,0 +1,105 @@
+"""The per-query analysis and Figure 3: which evaluation files each of their outputs reads.
+
+Every row of table 5 but the first round is a method whose per-query results are compared with the first round's
+on each evaluation set (<results>/per_query/<set>/<row>.csv, then a scatter plot and the most helped and hurt
+queries per set).  Figure 3 and the gallery show one method (``experiments.fig3.method``, CSA by default) on one
+test set (``experiments.fig3.testset``, the first one by default) and on every test set respectively.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from .paths import raw_data
+from .tables import PROTOCOL_LABELS, set_label, table5
+
+if TYPE_CHECKING:
+    from .core import Plan
+
+BASELINE_ROW = "R-GeM(No re-ranking)"
+FIG3_DEFAULTS = {"successes": 2, "failures": 2, "protocol": "medium", "method": "Ours"}
+
+
+def row_slug(label: str) -> str:
+    """A table-5 row label as a file name: 'αDBA + αQE' -> 'alphadba-alphaqe', 'Ours(rSfM120k)' -> 'ours-rsfm120k'."""
+    label = label.removesuffix(" (not in the paper)").replace("α", "alpha")
+    return re.sub(r"[^0-9a-z]+", "-", label.lower()).strip("-")
+
+
+def _evaluation_files(plan: Plan, testset: str) -> dict[str, str]:
+    """Table-5 row label -> the evaluation file of its Medium cell on ``testset`` (the file has every protocol)."""
+    column = f"{set_label(testset)} {PROTOCOL_LABELS['medium']}"
+    return {row["label"]: row["cells"][column]["file"] for row in table5(plan)["rows"]}
+
+
+def compared_rows(plan: Plan) -> dict[str, str]:
+    """Row slug -> label of every table-5 row compared with the first round."""
+    labels = [row["label"] for row in table5(plan)["rows"] if row["label"] != BASELINE_ROW]
+    return {row_slug(label): label for label in labels}
+
+
+def per_query_inputs(plan: Plan, testset: str, slug: str) -> dict[str, str]:
+    files = _evaluation_files(plan, testset)
+    return {
+        "before": files[BASELINE_ROW],
+        "after": files[compared_rows(plan)[slug]],
+        "gnd": plan.ground_truth(testset),
+    }
+
+
+def per_query_tables(plan: Plan, testset: str) -> list[str]:
+    return [f"<results>/per_query/{testset}/{slug}.csv" for slug in compared_rows(plan)]
+
+
+def fig3_settings(plan: Plan) -> dict:
+    """``experiments.fig3`` with its defaults; the test set defaults to the first one (ROxf in the paper)."""
+    settings = {**FIG3_DEFAULTS, "testset": plan.test_sets[0], **plan.experiments.get("fig3", {})}
+    if settings["testset"] not in plan.test_sets:
+        raise ValueError(
+            f"config key experiments.fig3.testset: {settings['testset']!r} is not one of datasets.test "
+            f"({', '.join(plan.test_sets)})"
+        )
+    fig3_row(plan, settings["method"])  # fails early, naming the key
+    return settings
+
+
+def fig3_row(plan: Plan, method: str) -> str:
+    """The table-5 row of ``experiments.fig3.method``: 'Ours' and 'GSS+Ours' with the default training set's
+    model, a compared method by its label."""
+    if method == "Ours" or method.endswith("+Ours"):
+        method = f"{method}({plan.default_training_set})"
+    labels = {row["label"].removesuffix(" (not in the paper)"): row["label"] for row in table5(plan)["rows"]}
+    if method not in labels or method == BASELINE_ROW:
+        known = ", ".join(sorted({re.sub(r"\(.*\)$", "", label) for label in labels if label != BASELINE_ROW}))
+        raise ValueError(f"config key experiments.fig3.method: {method!r} is not a row of table 5 (known: {known})")
+    return labels[method]
+
+
+def qualitative_inputs(plan: Plan, testset: str) -> dict[str, str]:
+    """What Figure 3 and the gallery of ``testset`` read: the first round's and the method's evaluation files
+    (per-query AP and top lists), the ground truth and the images."""
+    files = _evaluation_files(plan, testset)
+    data = raw_data(testset)
+    return {
+        "before": files[BASELINE_ROW],
+        "after": files[fig3_row(plan, fig3_settings(plan)["method"])],
+        "gnd": data["listing"],
+        "images": data["images"],
+    }
+
+
+def method_label(plan: Plan) -> str:
+    """The method's name in the pictures: the table-5 row ('Ours(rSfM120k)'), and the first round's."""
+    return fig3_row(plan, fig3_settings(plan)["method"])
+
+
+def outputs(plan: Plan) -> list[str]:
+    """Everything the analysis adds to the report: Figure 3, per set the scatter plot and the most helped and
+    hurt queries, per test set the gallery."""
+    files = ["<results>/fig3.png", "<results>/fig3.csv"]
+    for testset in plan.eval_sets:
+        files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]
+    files += [f"<results>/gallery/{testset}" for testset in plan.test_sets]
+    return files
+
