@@ -1,8 +1,12 @@
 # CSA re-ranking (NeurIPS 2021): from images to every table and figure of the paper, and a report.
 #
-#   snakemake --cores all results/table5.csv                           paper configuration (config.yaml)
-#   snakemake --cores all results/report.html                          everything, then Snakemake's HTML report
-#   snakemake --cores all --configfile configs/demo.yaml all            built-in demo -> results/demo/
+#   snakemake --cores all results/table5.csv              paper configuration (config.yaml)
+#   snakemake --cores all results/report.html             everything, then Snakemake's HTML report
+#   snakemake --cores all --configfile configs/demo.yaml --replace-workflow-config all
+#                                                         built-in demo -> results/demo/
+#
+# --configfile takes several files, so a target goes before it or after a flag such as --replace-workflow-config
+# (which makes the demo's complete configuration replace config.yaml instead of being merged over it).
 #
 # Paths are pathvars (<data>, <results>, <logs>, <benchmarks>) set in the config, so the demo and the paper
 # runs never share a file.

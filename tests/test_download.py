@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 class Route:
     """What the server answers for one path.  The first ``cut_first`` requests get half the body and a closed
     connection, the next ``stall_first`` half the body and then silence; the first ``fail_first`` get HTTP
-    ``status`` (all of them when ``fail_first`` is None and ``status`` is not 200)."""
+    ``status`` (all of them when ``fail_first`` is None and ``status`` is not 200); the first ``corrupt_first``
+    get the whole body with one byte changed (a different one each time)."""
 
     body: bytes = b""
     status: int = 200
@@ -47,6 +48,7 @@ class Route:
     honour_range: bool = True
     cut_first: int = 0
     stall_first: int = 0
+    corrupt_first: int = 0
     hits: int = 0
 
 
@@ -63,6 +65,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(route.status)
             return
         body, start = route.body, 0
+        if route.hits <= route.corrupt_first:
+            body = bytearray(body)
+            body[route.hits] ^= 0xFF
+            body = bytes(body)
         requested = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
         if requested and route.honour_range:
             start = int(requested.group(1))
@@ -200,9 +206,8 @@ def test_server_errors_are_retried_with_exponential_backoff(server, tmp_path, mo
     [
         ({"status": 404}, None, 1, "HTTP 404"),
         ({"status": 500}, None, 3, "gave up after 3 attempts"),
-        ({}, "0" * 64, 1, "sha256"),
     ],
-    ids=["404", "500", "wrong-sha256"],
+    ids=["404", "500"],
 )
 def test_definitive_failures_name_url_and_file_and_leave_nothing(server, tmp_path, behaviour, sha256, requests, reason):
     url = server.serve("/networks/net.pth", _bytes(5000), **behaviour)
@@ -225,6 +230,55 @@ def test_correct_sha256_is_accepted(server, tmp_path):
     url = server.serve("/file.bin", body)
     dest = download.fetch(url, tmp_path / "file.bin", sha256=hashlib.sha256(body).hexdigest(), log=io.StringIO())
     assert dest.read_bytes() == body
+
+
+def test_stale_checksum_names_the_config_key_to_fix(server, tmp_path):
+    """The same wrong digest from two complete downloads: the configured checksum, not the transfer, is at fault."""
+    body = _bytes(5000)
+    server.serve("/networks/gl18/net-a4d43db.pth", body)
+    stale = "ab" * 32
+    plan = _plan(
+        server,
+        files={"networks/net-a4d43db.pth": {"host": "local", "path": "networks/gl18/net-a4d43db.pth"}},
+        sha256={"net-a4d43db.pth": stale},
+    )
+    dest = tmp_path / "data" / "networks" / "net-a4d43db.pth"
+    with pytest.raises(DownloadError) as failure:
+        download.download_file(plan, "networks/net-a4d43db.pth", dest, tmp_path / "log.txt")
+    message = str(failure.value)
+    actual = hashlib.sha256(body).hexdigest()
+    assert f"its sha256 is {actual}, not the {stale} configured in downloads.sha256.net-a4d43db.pth" in message
+    assert "5000 bytes (the size the server announced both times)" in message
+    assert "it is downloads.sha256.net-a4d43db.pth that needs fixing" in message
+    assert f"set downloads.sha256.net-a4d43db.pth to {actual} in the config" in message
+    assert "Retry later" not in message and "downloads.base_url.local" in message
+    assert len(server.requests) == 2
+    assert _leftovers(dest.parent) == []
+
+
+def test_damaged_transfer_is_downloaded_again_and_kept_when_right(server, tmp_path):
+    body = _bytes(5000)
+    url = server.serve("/file.bin", body, corrupt_first=1)
+    log = io.StringIO()
+    dest = download.fetch(url, tmp_path / "file.bin", sha256=hashlib.sha256(body).hexdigest(), log=log)
+    assert dest.read_bytes() == body
+    assert len(server.requests) == 2 and "the first was damaged" in log.getvalue()
+
+
+def test_two_different_wrong_digests_blame_the_transfer(server, tmp_path):
+    body = _bytes(5000)
+    url = server.serve("/file.bin", body, corrupt_first=2)
+    with pytest.raises(DownloadError) as failure:
+        download.fetch(
+            url, tmp_path / "file.bin", sha256=hashlib.sha256(body).hexdigest(), sha256_key="downloads.sha256.file.bin",
+            base_url_key="downloads.base_url.local", log=io.StringIO(),
+        )  # fmt: skip
+    message = str(failure.value)
+    assert "then" in message and "the transfers were damaged" in message
+    assert "the configured checksum is not at fault" in message
+    assert "Retry later" in message and "downloads.base_url.local" in message
+    assert len(server.requests) == 2
+    assert _leftovers(tmp_path) == []
 
 
 class _SystemPayload:
@@ -418,6 +472,47 @@ def test_assemble_refuses_a_file_in_two_parts(tmp_path):
     with pytest.raises(ArchiveError, match="x.jpg is in more than one archive"):
         download.assemble_image_folder(parts, tmp_path / "jpg")
     assert not (tmp_path / "jpg").exists()
+
+
+@pytest.fixture
+def umask(request):
+    """The process's umask set to ``request.param`` for the test, restored after it."""
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], indirect=True, ids=["022", "077"])
+def test_downloaded_and_unpacked_files_get_the_umasks_permissions(server, tmp_path, umask):
+    """Folders and files made by the download stages have the modes the umask gives any new folder or file
+    (0777 and 0666 less the umask): world-readable under umask 022, the user's alone under 077."""
+    images = _images(["00/a.jpg", "01/b.jpg"])
+    server.serve("/ims.tar.gz", _tar(images))
+    server.serve("/db.txt", b"00/a.jpg\n01/b.jpg\n")
+    plan = _plan(
+        server,
+        files={"train/db.txt": {"host": "local", "path": "db.txt"}},
+        image_folders={"train/ims": {"host": "local", "archives": ["ims.tar.gz"], "images": 2}},
+    )
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    download.download_file(plan, "train/db.txt", data / "train" / "db.txt", logs / "db.log")
+    archive = data / "train" / "ims.download" / "ims.tar.gz"
+    unpacked = archive.with_name("ims.tar.gz.unpacked")
+    download.download_archive(plan, "ims.tar.gz", archive, logs / "archive.log")
+    download.unpack_archive(plan, "train/ims", archive, unpacked, logs / "unpack.log")
+    download.assemble_folder(plan, "train/ims", [unpacked], data / "train" / "ims", logs / "ims.log")
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    folders = [unpacked, unpacked / "00", data / "train" / "ims", data / "train" / "ims" / "01"]
+    files = [data / "train" / "db.txt", archive, unpacked / "00" / "a.jpg", data / "train" / "ims" / "01" / "b.jpg"]
+    assert {str(path): oct(mode(path)) for path in folders} == {str(path): oct(0o777 & ~umask) for path in folders}
+    assert {str(path): oct(mode(path)) for path in files} == {str(path): oct(0o666 & ~umask) for path in files}
+    world_readable = all(mode(path) & stat.S_IROTH for path in folders + files)
+    assert world_readable == (umask == 0o022)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Export of descriptor files to the pickles the authors' CSA code reads (reference-implementations.md A.2)."""
+"""Export of descriptor files to the pickles the authors' CSA code reads (https://github.com/MCC-WH/CSA)."""
 
 from __future__ import annotations
 

@@ -18,16 +18,17 @@ when imported or when a plan is built, so ``snakemake -n`` stays offline.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -81,6 +82,7 @@ def fetch(
     backoff: float = 2.0,
     validate: Callable[[Path], object] | None = None,
     base_url_key: str | None = None,
+    sha256_key: str | None = None,
     log: IO[str] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
@@ -90,21 +92,42 @@ def fetch(
     Connection errors, timeouts (``timeout`` seconds without data), transfers cut short of their Content-Length
     and HTTP 5xx are retried up to ``retries`` times, waiting ``backoff`` x 1, 2, 4, ... seconds (at most 60).
     The complete file must match ``sha256`` when given and pass ``validate`` (called with the path of the
-    complete ``.part``; an exception refuses the file) before it is renamed to ``dest``.
+    complete ``.part``; an exception refuses the file) before it is renamed to ``dest``.  A file whose sha256
+    does not match is downloaded once more from byte 0: a match then keeps it (the first transfer was damaged),
+    the same wrong digest twice means the file on the server is not the one the checksum describes (the
+    configured checksum, the config key ``sha256_key``, is then the thing to fix), two different digests a
+    damaged transfer.
 
     On a definitive failure (HTTP 4xx, checksum or validation failure, retries exhausted) the partial file is
     removed and :class:`DownloadError` is raised; its message names the URL and ``dest`` and suggests retrying,
-    a mirror (the config key ``base_url_key`` when given) or placing the file by hand.  Progress and retry notices
-    go to ``log`` (default: stderr).
+    a mirror (the config key ``base_url_key`` when given) or placing the file by hand, or, for a stale checksum,
+    the config key to correct.  Progress and retry notices go to ``log`` (default: stderr).
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     log = log or sys.stderr
     dest.parent.mkdir(parents=True, exist_ok=True)
+    download = functools.partial(_download, url, dest, part, retries, timeout, backoff, base_url_key, log)
+    announced = download()
+    if sha256:
+        _check_sha256(url, dest, part, sha256.lower(), sha256_key, base_url_key, announced, download, log)
+    if validate is not None:
+        try:
+            validate(part)
+        except Exception as err:  # whatever the check raises, the file is not what it should be
+            _give_up(url, dest, part, f"the downloaded file was refused: {err}", base_url_key, err)
+    os.replace(part, dest)
+    print(f"{url}: complete, {dest.stat().st_size} bytes in {dest}", file=log, flush=True)
+    return dest
+
+
+def _download(
+    url: str, dest: Path, part: Path, retries: int, timeout: float, backoff: float, base_url_key: str | None, log
+) -> int | None:
+    """Bring ``part`` to the whole of ``url`` (the attempts and retries of :func:`fetch`); the announced size."""
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, timeout, log)
-            break
+            return _transfer(url, part, timeout, log)
         except urllib.error.HTTPError as err:
             reason = f"HTTP {err.code} {err.reason}"
             if err.code < 500 and err.code not in _RETRY_STATUS:
@@ -116,22 +139,70 @@ def fetch(
         delay = min(backoff * 2**attempt, MAX_BACKOFF_SECONDS)
         print(f"{url}: {reason}; attempt {attempt + 2} of {retries + 1} in {delay:g} s", file=log, flush=True)
         time.sleep(delay)
-    if sha256:
-        actual = file_sha256(part)
-        if actual != sha256.lower():
-            _give_up(url, dest, part, f"its sha256 is {actual}, not the expected {sha256}", base_url_key, None)
-    if validate is not None:
-        try:
-            validate(part)
-        except Exception as err:  # whatever the check raises, the file is not what it should be
-            _give_up(url, dest, part, f"the downloaded file was refused: {err}", base_url_key, err)
-    os.replace(part, dest)
-    print(f"{url}: complete, {dest.stat().st_size} bytes in {dest}", file=log, flush=True)
-    return dest
+    raise AssertionError("unreachable")  # the last attempt returns or gives up
 
 
-def _transfer(url: str, part: Path, timeout: float, log: IO[str]) -> None:
-    """One attempt: append the rest of ``url`` to ``part`` (or rewrite it), raising when the file is incomplete."""
+def _check_sha256(
+    url: str,
+    dest: Path,
+    part: Path,
+    expected: str,
+    sha256_key: str | None,
+    base_url_key: str | None,
+    announced: int | None,
+    download: Callable[[], int | None],
+    log: IO[str],
+) -> None:
+    """Keep the complete ``part`` when its sha256 is ``expected``; if not, ``download`` it once more and compare.
+
+    ``announced`` is the size the server announced for the first download.  Raises :class:`DownloadError` saying
+    whether the configured checksum (config key ``sha256_key``) or the transfer is at fault: the same wrong digest
+    from two complete downloads means the server's file is not the one the checksum describes (most likely a new
+    version upstream), two different ones a damaged transfer.
+    """
+    first = file_sha256(part)
+    if first == expected:
+        return
+    key = sha256_key or "the expected sha256"
+    size = part.stat().st_size
+    print(
+        f"{url}: sha256 {first} is not the {expected} of {key}; downloading it again to tell a damaged transfer "
+        "from a changed file", file=log, flush=True,
+    )  # fmt: skip
+    part.unlink()
+    announced_again = download()
+    second = file_sha256(part)
+    if second == expected:
+        print(f"{url}: the second download has the expected sha256 (the first was damaged)", file=log, flush=True)
+        return
+    if second != first:
+        _give_up(
+            url, dest, part,
+            f"its sha256 was {first}, then {second} when downloaded again, neither the {expected} of {key}: the "
+            "transfers were damaged (or the file on the server is changing), the configured checksum is not at fault",
+            base_url_key, None,
+        )  # fmt: skip
+    served = " (the size the server announced both times)" if announced == announced_again == size else ""
+    mirror = f"from a mirror (config key {base_url_key})" if base_url_key else "from a mirror"
+    _give_up(
+        url, dest, part,
+        f"its sha256 is {first}, not the {expected} configured in {key}. Two complete downloads gave the same "
+        f"{size} bytes{served} with this same sha256, so the transfer is not at fault: the file on the server is not "
+        f"the one the checksum describes (most likely a new version upstream, or a wrong value in the config), and "
+        f"it is {key} that needs fixing",
+        base_url_key, None,
+        advice=(
+            f"If the new file is the one you want, set {key} to {first} in the config (or remove {key}) and run "
+            f"again. To keep to the old version, fetch it {mirror} or place it yourself at {dest.resolve()}"
+        ),
+    )  # fmt: skip
+
+
+def _transfer(url: str, part: Path, timeout: float, log: IO[str]) -> int | None:
+    """One attempt: append the rest of ``url`` to ``part`` (or rewrite it), raising when the file is incomplete.
+
+    Returns the size of the file the server announced (None when it announced none).
+    """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
     if offset:
@@ -144,7 +215,7 @@ def _transfer(url: str, part: Path, timeout: float, log: IO[str]) -> None:
         # Range not satisfiable: the partial file is already whole (a process killed before its rename) or is
         # longer than the file on the server (which changed); only the latter needs a fresh start
         if _content_range(err.headers.get("Content-Range", ""))[1] == offset:
-            return
+            return offset
         part.unlink()
         raise _TransientError("the server refused to resume the partial file; starting again from byte 0") from err
     with response:
@@ -172,6 +243,7 @@ def _transfer(url: str, part: Path, timeout: float, log: IO[str]) -> None:
     size = part.stat().st_size
     if total is not None and size < total:
         raise _TransientError(f"transfer cut after {size} of {total} bytes")
+    return total
 
 
 def _content_range(header: str) -> tuple[int | None, int | None]:
@@ -191,15 +263,15 @@ def _describe(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _give_up(url: str, dest: Path, part: Path, reason: str, base_url_key: str | None, cause) -> NoReturn:
+def _give_up(
+    url: str, dest: Path, part: Path, reason: str, base_url_key: str | None, cause, advice: str | None = None
+) -> NoReturn:
     part.unlink(missing_ok=True)
     mirror = (
         f"set the config key {base_url_key} to a mirror's base URL" if base_url_key else "download it from a mirror"
     )
-    raise DownloadError(
-        f"cannot download {url} to {dest}: {reason}. Nothing was kept. Retry later, {mirror}, or fetch the file "
-        f"yourself and place it at {dest.resolve()}"
-    ) from cause
+    advice = advice or f"Retry later, {mirror}, or fetch the file yourself and place it at {dest.resolve()}"
+    raise DownloadError(f"cannot download {url} to {dest}: {reason}. Nothing was kept. {advice}") from cause
 
 
 def file_sha256(path: str | Path) -> str:
@@ -334,13 +406,30 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copy2(source, dest)
 
 
+def _fresh_folder(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new folder of a random name in ``parent``, with the permissions the umask gives any new folder.
+
+    Unlike :func:`tempfile.mkdtemp` (always mode 0700, as befits a private temporary folder), this folder becomes
+    the image folder by a rename, so it must be as readable as anything else the user creates: ``os.mkdir``
+    applies the umask to mode 0777.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            path.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free name for a temporary folder {prefix}*{suffix} in {parent}")
+
+
 @contextmanager
 def _staging_folder(target: Path) -> Iterator[Path]:
     """A fresh folder beside ``target``, renamed to it when the block succeeds and removed otherwise."""
     if target.exists():
         raise FileExistsError(f"{target} already exists; delete it to unpack again")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging = _fresh_folder(target.parent, prefix=f".{target.name}.", suffix=".partial")
     try:
         yield staging
         staging.rename(target)
@@ -352,11 +441,13 @@ def _staging_folder(target: Path) -> Iterator[Path]:
 # the config's downloads section and the stages of the download rules
 @dataclass(frozen=True)
 class Source:
-    """One remote file: its URL, its expected sha256 (or None) and the config key of its host's base URL."""
+    """One remote file: its URL, its expected sha256 (or None), the config key of its host's base URL and the
+    config key that holds (or would hold) its sha256."""
 
     url: str
     sha256: str | None
     base_url_key: str
+    sha256_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -394,7 +485,10 @@ def plan_downloads(downloads: dict) -> DownloadPlan:
             raise ValueError(f"config key {key}: host {host!r} has no downloads.base_url (has: {', '.join(base_urls)})")
         name = PurePosixPath(path).name
         url = f"{base_urls[host].rstrip('/')}/{path.lstrip('/')}"
-        return Source(url=url, sha256=checksums.get(name), base_url_key=f"downloads.base_url.{host}")
+        return Source(
+            url=url, sha256=checksums.get(name), base_url_key=f"downloads.base_url.{host}",
+            sha256_key=f"downloads.sha256.{name}",
+        )  # fmt: skip
 
     files = {
         dest: source(f"downloads.files.{dest}", spec["host"], spec["path"])
@@ -458,7 +552,7 @@ def _fetch_source(plan: DownloadPlan, source: Source, dest, log_path, validate=N
     with _job_log(log_path) as log:
         fetch(
             source.url, dest, sha256=source.sha256, retries=plan.retries, timeout=plan.timeout, validate=validate,
-            base_url_key=source.base_url_key, log=log,
+            base_url_key=source.base_url_key, sha256_key=source.sha256_key, log=log,
         )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Descriptors in the pickle layout the authors' code reads (MCC-WH/CSA; reference-implementations.md A.2).
+"""Descriptors in the pickle layout the authors' code reads (https://github.com/MCC-WH/CSA).
 
 Under its data root, CSA's ``test.py`` and training dataset read one pickle per (dataset, network)::
 

@@ -1,4 +1,4 @@
-# Descriptors in the pickle layout of the authors' code (MCC-WH/CSA, reference-implementations.md A.2), on request:
+# Descriptors in the pickle layout of the authors' code (https://github.com/MCC-WH/CSA), on request:
 # <results>/csa_export/ mirrors CSA's data folder (test/<dataset>/<network>.pkl, train/<network>.pkl,
 # r1m/<network>.pkl), e.g.  snakemake --cores 1 <results>/csa_export/test/roxford5k/<network>.pkl
 # Not part of `all`.  The same by hand: python -m csa_rerank.export <features.h5> <out.pkl>
