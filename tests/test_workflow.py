@@ -8,7 +8,9 @@ reruns, and that the first-round numbers equal an independent revisitop evaluati
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,8 @@ SNAKEMAKE = [
 CI_CONFIG = ["--replace-workflow-config", "--configfile", str(REPO / "configs" / "ci.yaml")]
 
 
-def snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=1200)
+def snakemake(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=1200, env=env)
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -94,6 +96,41 @@ def test_bad_config_value_names_the_key(tmp_path):
     result = snakemake(["-n", *CI_CONFIG, "--config", "experiments={first_round: nonet}"], tmp_path)
     assert result.returncode != 0
     assert "experiments" in result.stdout + result.stderr
+
+
+def _check_per_query_analysis(tmp_path: Path, results: Path, table5: pd.DataFrame) -> None:
+    """Per-query CSVs average to the tables' mAP; Figure 3's frames and query boxes read back from its pixels."""
+    from test_qualitative import check_figure3_pixels
+
+    from csa_rerank.plan.analysis import row_slug
+
+    for label in table5["Method"].iloc[1:]:
+        for testset, set_label in (("roxford5k", "ROxf"), ("rparis6k+r1m", "RPar+R1M")):
+            per_query = pd.read_csv(results / "per_query" / testset / f"{row_slug(label)}.csv")
+            row = table5[table5["Method"] == label].iloc[0]
+            for protocol in ("Medium", "Hard"):
+                assert per_query[f"AP {protocol} after"].mean() == pytest.approx(row[f"{set_label} {protocol}"],
+                                                                                abs=0.01), (label, testset)  # fmt: skip
+    for testset in ("roxford5k", "rparis6k"):
+        assert (results / "per_query" / testset / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+        index = (results / "gallery" / testset / "index.html").read_text()
+        gnd = safe_pickle.load(tmp_path / "data" / "ci" / "test" / testset / f"gnd_{testset}.pkl")
+        assert all(f'id="{name}"' in index for name in gnd["qimlist"])
+    gnd = safe_pickle.load(tmp_path / "data" / "ci" / "test" / "roxford5k" / "gnd_roxford5k.pkl")
+    fig3 = pd.read_csv(results / "fig3.csv")
+    assert list(fig3["kind"]) == ["success"] * 4 + ["failure"] * 4
+    assert set(fig3["row"]) == {"first round", "Ours(rSfM120k)"}
+    check_figure3_pixels(results / "fig3.png", results / "fig3.csv", gnd, tmp_path / "data" / "ci" / "test" /
+                         "roxford5k" / "jpg")  # fmt: skip
+    # the selection rule against the per-query CSV (exact values): largest gains, then largest losses, ties by index
+    ours = pd.read_csv(results / "per_query" / "roxford5k" / "ours-rsfm120k.csv")
+    change = (ours["AP Medium after"] - ours["AP Medium before"]).dropna()
+    by_gain = sorted(change.index, key=lambda q: (-change[q], q))
+    by_loss = [q for q in sorted(change.index, key=lambda q: (change[q], q)) if q not in by_gain[:2]]
+    assert list(fig3["query"][::2]) == by_gain[:2] + by_loss[:2]
+    report = (results / "report.html").read_text()
+    for name in ("fig3.png", "scatter.png", "help_hurt.csv", "index.html"):
+        assert name in report, name
 
 
 def _independent_map(ranks: np.ndarray, gnd: list[dict], protocol: str) -> float:
@@ -197,10 +234,24 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
             expected = round(_independent_map(ranks, gnd, protocol), 2)
             assert table5.loc[0, f"{label} {column}"] == pytest.approx(expected, abs=0.011)
 
+    _check_per_query_analysis(tmp_path, results, table5)
+
     # nothing to do after a finished run
     result = snakemake(["-n", *CI_CONFIG], tmp_path)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+    # editing the code of one compared method (DFS) reruns its jobs and what reads their output, nothing else
+    package = tmp_path / "edited" / "csa_rerank"
+    shutil.copytree(REPO / "src" / "csa_rerank", package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (package / "methods" / "diffusion.py").open("a") as module:
+        module.write("\nEDITED = True\n")
+    edited = snakemake(["-n", *CI_CONFIG], tmp_path, env={**os.environ, "PYTHONPATH": str(package.parent)})
+    jobs = planned_jobs(edited.stdout)
+    assert jobs.get("rerank_method") == 4 and "~dfs.h5" in edited.stdout, jobs  # DFS on the 4 evaluation sets
+    assert not {"extract", "extract_shard", "knn", "train", "train_neighbours", "fit_method"} & set(jobs), jobs
+    reruns = re.findall(r"output: (\S+knn/\S+~\w+\.h5)", edited.stdout)
+    assert reruns and all(path.endswith("~dfs.h5") for path in reruns), reruns
 
     # a re-ranker hyperparameter reruns training, re-ranking, evaluation and tables, not extraction/kNN/affinity
     overlay = tmp_path / "recon_weight.yaml"

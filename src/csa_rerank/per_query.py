@@ -177,7 +177,7 @@ def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv
     """The per-query CSV of one method on one evaluation set (:func:`method_table`)."""
     names = datasets.load_ground_truth(gnd_file)["qimlist"]
     table = method_table(read_evaluation(before_file), read_evaluation(after_file), names)
-    table.to_csv(out_csv, index=False, float_format="%.4f")
+    table.to_csv(out_csv, index=False)  # full precision: the figure's selection can be checked from it
     return table
 
 

@@ -102,4 +102,3 @@ def outputs(plan: Plan) -> list[str]:
         files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]
     files += [f"<results>/gallery/{testset}" for testset in plan.test_sets]
     return files
-
