@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, h5io
+from .atomic import atomic_path
 
 log = logging.getLogger("csa_rerank")
 
@@ -40,11 +41,8 @@ def fit_method(method: str, db_file: str, features_file: str, neighbours_file: s
     started = time.perf_counter()
     weights = module.fit(features, neighbours, clusters, **params)
     log.info("%s fitted on %d images in %.1f s", method, len(features), time.perf_counter() - started)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(out_path.name + ".part")
-    torch.save(weights, temporary)
-    temporary.replace(out_path)
+    with atomic_path(out_path) as temporary:
+        torch.save(weights, temporary)
 
 
 def _peak_rss_gb() -> float:

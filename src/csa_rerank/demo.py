@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import safe_pickle
+from .atomic import atomic_path, write_text
 from .datasets import cid_path
 
 # Independent random streams, so the test sets, the distractors and the training set never share a landmark.
@@ -141,16 +141,8 @@ def _query_box(landmark_box, photo_size, min_share: float = QUERY_BOX_MIN_SHARE)
 
 def _atomic_save_jpeg(pixels: np.ndarray, path: Path) -> None:
     """Write uint8 RGB ``pixels`` as a JPEG at ``path`` (any extension or none) via a temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(pixels, "RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels, "RGB").save(temporary, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _unique_serials(rng: np.random.Generator, n: int) -> list[int]:
@@ -702,7 +694,7 @@ def generate_distractors(out_dir: str | Path, *, seed: int, n_images: int, image
                 _rng(seed, _STREAM_DISTRACTORS, _SUB_VIEW, int(i)), site, str(photo_kind[i]), image_size
             )
             _atomic_save_jpeg(pixels, out_dir / "jpg" / paths[i])
-    _atomic_write_text("".join(f"{path}\n" for path in paths), out_dir / "revisitop1m.txt")
+    write_text(out_dir / "revisitop1m.txt", "".join(f"{path}\n" for path in paths))
     return paths
 
 

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from csa_rerank.atomic import write_json
+
 SETTINGS_NAME = "settings.json"
 
 
@@ -31,7 +33,7 @@ def launch(settings: dict, processes: int, threads_per_process: int = 1, log: Ca
     run_dir = Path(settings["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / SETTINGS_NAME
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(settings_file, settings)
     command = [
         sys.executable,
         "-m",

@@ -13,6 +13,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from csa_rerank.atomic import atomic_path
+
 # (module, name) pairs a numpy array or scalar needs to be rebuilt; nothing here can execute arbitrary code.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -84,8 +86,5 @@ def load(path: str | Path) -> Any:
 
 def dump(obj: Any, path: str | Path) -> None:
     """Write ``obj`` with pickle protocol 4 (the protocol the authors' code writes) via a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         pickle.dump(obj, handle, protocol=4)
-    tmp.replace(path)

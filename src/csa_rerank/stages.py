@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, h5io
+from .atomic import atomic_path, write_json
 
 log = logging.getLogger("csa_rerank")
 
@@ -290,8 +291,7 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
         extra = {k: v for k, v in h5io.read_attrs(rerank_file).items() if k in ("latency_ms", "memory_gb")}
     gnd = datasets.load_ground_truth(gnd_file)["gnd"]
     result = {**revisitop(ranks, gnd), **{k: float(v) for k, v in extra.items()}}
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_path, result)
     log.info("%s: %s", out_path, {p: round(result[p]["mAP"], 2) for p in ("easy", "medium", "hard")})
     return result
 
@@ -335,8 +335,7 @@ def evaluate_val(
     if result["K"] != K:
         log.warning("K=%d exceeds the %d other images of the val split: K=%d", K, result["n_images"] - 1, result["K"])
     result["model"] = model_file
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_path, result)
     log.info(
         "%s: %d queries in %.1f s, mAP first round %.2f, CSA %.2f",
         out_path, result["n_queries"], time.perf_counter() - start,
@@ -406,11 +405,12 @@ def train(
     else:
         final, facts = train_in_this_process(**settings)
     seconds = time.perf_counter() - start
-    shutil.copyfile(final, model_path)
-    shutil.copyfile(run_dir / "train_log.csv", log_csv)
+    for source, copy in ((final, model_path), (run_dir / "train_log.csv", log_csv)):
+        with atomic_path(copy) as temporary:
+            shutil.copyfile(source, temporary)
     plot_loss_curve(log_csv, curve_png)
     summary = {**facts, "processes": processes, "seconds_this_run": round(seconds, 2)}
-    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary_path, summary)
     return summary
 
 
@@ -460,7 +460,7 @@ def train_in_this_process(
         "device": str(device),
     }
     if not distributed or dist.get_rank() == 0:
-        (Path(run_dir) / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
+        write_json(Path(run_dir) / "facts.json", facts)
     return final, facts
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from csa_rerank.affinity import train_affinity
+from csa_rerank.atomic import atomic_path, save_figure
 from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query
 
 LR_RULES = ("code", "paper")
@@ -348,31 +348,34 @@ def _set_rng_state(state: dict, sampler: torch.Generator) -> None:
 
 
 def _save_atomically(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name, then rename, so a killed run never leaves a truncated file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    """torch.save through a temporary name, so a killed run never leaves a truncated file."""
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
-def _truncate_log(log_csv: Path, last_epoch: int) -> None:
-    """Drop the log rows of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+def _log_rows(log_csv: Path) -> list[dict]:
     if not log_csv.exists():
-        return
+        return []
     with log_csv.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
-    with log_csv.open("w", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_log(log_csv: Path, rows: list[dict]) -> None:
+    """The whole log, rewritten through a temporary name (one row per epoch: a few kB at most)."""
+    with atomic_path(log_csv) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
+def _truncate_log(log_csv: Path, last_epoch: int) -> None:
+    """Drop the log rows of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+    if log_csv.exists():
+        _write_log(log_csv, [row for row in _log_rows(log_csv) if int(row["epoch"]) <= last_epoch])
+
+
 def _append_log(log_csv: Path, row: dict) -> None:
-    new_file = not log_csv.exists()
-    with log_csv.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
+    _write_log(log_csv, [*_log_rows(log_csv), row])
 
 
 def train(
@@ -597,4 +600,4 @@ def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
     lrs.plot(log["epoch"], log["lr"])
     lrs.set(xlabel="epoch", ylabel="learning rate (last iteration)", title="learning rate")
     lrs.grid(True)
-    figure.savefig(png_path, dpi=100)
+    save_figure(figure, png_path, dpi=100)
