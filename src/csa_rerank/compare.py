@@ -17,6 +17,7 @@ import numpy as np
 
 from . import datasets, h5io
 from .atomic import atomic_path
+from .jobs import peak_rss_bytes
 
 log = logging.getLogger("csa_rerank")
 
@@ -45,12 +46,6 @@ def fit_method(method: str, db_file: str, features_file: str, neighbours_file: s
         torch.save(weights, temporary)
 
 
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 def rerank_method(
     method: str,
     params: dict,
@@ -73,18 +68,17 @@ def rerank_method(
     import torch
 
     from .methods import METHODS
-    from .stages import load_test_descriptors
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
     kwargs = dict(params)
     if method in LEARNED:
         if not weights_file:
             raise ValueError(f"{method} needs the weights fitted on the training set")
         kwargs["weights"] = torch.load(weights_file, map_location="cpu", weights_only=True)
-    rss_before = _peak_rss_gb()
+    rss_before = peak_rss_bytes()
     started = time.perf_counter()
     if method == SPATIAL:
         new_ranks = _rerank_dsm(ranks, images, kwargs)
@@ -98,7 +92,7 @@ def rerank_method(
         "method": method,
         "params": json.dumps(params, sort_keys=True),
         "latency_ms": 1000.0 * seconds / len(query),  # all queries in one call: the mean per query
-        "memory_gb": (db.nbytes + query.nbytes) / 2**30 + max(0.0, _peak_rss_gb() - rss_before),
+        "memory_gb": (db.nbytes + query.nbytes + max(0, peak_rss_bytes() - rss_before)) / 2**30,
     }
     h5io.write_arrays(out_path, {"ranks": new_ranks.astype(np.int32)}, attrs)
     log.info("%s: %d queries in %.1f s (%.2f ms per query)", method, len(query), seconds, attrs["latency_ms"])
@@ -108,7 +102,7 @@ def rerank_method(
 def _rerank_dsm(ranks: np.ndarray, images: dict, kwargs: dict) -> np.ndarray:
     from .extract import pick_device
     from .methods import dsm
-    from .stages import build_configured_network
+    from .networks import build_configured_network
 
     gnd_file = Path(images["gnd"])
     gnd = datasets.load_ground_truth(gnd_file)

@@ -65,3 +65,12 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
 def read_attrs(path: str | Path) -> dict:
     with h5py.File(path, "r") as handle:
         return dict(handle.attrs)
+
+
+def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
+    query = read_array(testset_file, "query")
+    db = read_array(testset_file, "db")
+    if distractors_file:
+        db = np.concatenate([db, read_array(distractors_file, "db")])
+    return query, db

@@ -38,11 +38,14 @@ Paper vs the authors' released code, and the switch that selects each (defaults 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from csa_rerank.atomic import atomic_path
 
 RECON_HEADS = ("linear", "mlp")
 
@@ -277,3 +280,36 @@ class CSAReranker(nn.Module):
     def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
         """Map refined tokens back to affinity space: z [B, T, d] -> [B, T, L]."""
         return self.reconstruction_head(z)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model files: ``{"config": asdict(CSAConfig), "state_dict": {name: tensor}}``, loadable with weights_only=True
+
+
+def save_model(model: CSAReranker, path: str | Path) -> None:
+    """Write ``model``'s config and weights (on the CPU) to ``path``, through a temporary name."""
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save({"config": asdict(model.config), "state_dict": state_dict}, temporary)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReranker:
+    """Load a model file written by :func:`save_model` (the training's ``model.pt``), in eval mode on ``device``.
+
+    Raises:
+        ValueError: naming ``path``, if the file is not a CSA model file or its weights do not fit its config.
+    """
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors of many kinds: report them all with the file name
+        raise ValueError(f"{path} is not a CSA model file (weights_only loading failed): {error}") from error
+    if not isinstance(content, dict) or set(content) != {"config", "state_dict"}:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path} is not a CSA model file: expected keys config, state_dict; found {found}")
+    try:
+        model = CSAReranker(CSAConfig(**content["config"]))
+        model.load_state_dict(content["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a valid CSA model file: {error}") from error
+    return model.to(device).eval()

@@ -338,3 +338,19 @@ def load_body_checkpoint(path, arch: str, pooling: str = "gem", gem_p: float = 3
             f"unexpected {sorted(unexpected)[:5]} ({len(unexpected)} in all)"
         )
     return net
+
+
+def build_configured_network(spec: dict, checkpoint: str | None = None, body_checkpoint: str | None = None):
+    """The network a config entry describes, with its input mean/std (None: ImageNet's) and checkpoint meta.
+
+    A cirtorch checkpoint (``checkpoint``), an ImageNet body with the configured pooling (``body_checkpoint``, the
+    off-the-shelf "[O]" networks), or random weights from ``seed``.
+    """
+    pooling = spec.get("pooling", "gem")
+    if checkpoint:
+        net, meta = load_cirtorch_network(checkpoint, spec["arch"], pooling, spec.get("whitening", False))
+        return net, meta.get("mean", None), meta.get("std", None), meta
+    if body_checkpoint:
+        return load_body_checkpoint(body_checkpoint, spec["arch"], pooling, spec.get("gem_p", 3.0)), None, None, {}
+    net = build_network(spec["arch"], pooling, spec.get("gem_p", 3.0), seed=spec["seed"])
+    return net, None, None, {}

@@ -9,14 +9,13 @@ transpose of cirtorch's [N, Q].
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csa_rerank.jobs import peak_rss_bytes
 from csa_rerank.model import CSAReranker, cosine_to_query
 from csa_rerank.onednn_graph import FusedBF16Encoder, fused_bf16_encoder
 
@@ -131,12 +130,6 @@ def rerank_topk(ranks: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return reranked
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def measure_latency(
     model: CSAReranker,
     K: int,
@@ -164,7 +157,7 @@ def measure_latency(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_bytes()
 
     def score_one_query() -> None:  # ends with the scores' copy to the host
         csa_scores(model, affinity, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
@@ -183,7 +176,7 @@ def measure_latency(
     if device.type == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mem_mb = _peak_rss_mb() - rss_before
+        peak_mem_mb = (peak_rss_bytes() - rss_before) / 2**20
     return {
         "median_ms": float(np.median(times_ms)),
         "p90_ms": float(np.percentile(times_ms, 90)),

@@ -22,24 +22,6 @@ log = logging.getLogger("csa_rerank")
 
 # --------------------------------------------------------------------------------------------------------------
 # extraction
-def build_configured_network(spec: dict, checkpoint: str | None = None, body_checkpoint: str | None = None):
-    """The network a config entry describes, with its input mean/std (None: ImageNet's) and checkpoint meta.
-
-    A cirtorch checkpoint (``checkpoint``), an ImageNet body with the configured pooling (``body_checkpoint``, the
-    off-the-shelf "[O]" networks), or random weights from ``seed``.
-    """
-    from .networks import build_network, load_body_checkpoint, load_cirtorch_network
-
-    pooling = spec.get("pooling", "gem")
-    if checkpoint:
-        net, meta = load_cirtorch_network(checkpoint, spec["arch"], pooling, spec.get("whitening", False))
-        return net, meta.get("mean", None), meta.get("std", None), meta
-    if body_checkpoint:
-        return load_body_checkpoint(body_checkpoint, spec["arch"], pooling, spec.get("gem_p", 3.0)), None, None, {}
-    net = build_network(spec["arch"], pooling, spec.get("gem_p", 3.0), seed=spec["seed"])
-    return net, None, None, {}
-
-
 def extract(
     kind: str,
     listing: str,
@@ -68,6 +50,7 @@ def extract(
     precomputed ``meta['Lw']`` of the network's checkpoint.
     """
     from .extract import IMAGENET_MEAN, IMAGENET_STD, extract_descriptors, multiscale_power, pick_device
+    from .networks import build_configured_network
 
     net, mean, std, meta = build_configured_network(network_spec, checkpoint, body_checkpoint)
     msp = multiscale_power(net) if settings["msp"] == "auto" else float(settings["msp"])
@@ -199,15 +182,6 @@ def merge_shards(shard_files: list[str], out_path: str, n_images: int, block_row
 
 # --------------------------------------------------------------------------------------------------------------
 # first-round ranking
-def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
-    query = h5io.read_array(testset_file, "query")
-    db = h5io.read_array(testset_file, "db")
-    if distractors_file:
-        db = np.concatenate([db, h5io.read_array(distractors_file, "db")])
-    return query, db
-
-
 def knn(
     testset_file: str, distractors_file: str | None, out_path: str, memory_gb: float, top_scores: int = 2048
 ) -> None:
@@ -257,7 +231,7 @@ def affinity(testset_file: str, distractors_file: str | None, knn_file: str, K: 
 
     from .affinity import test_affinity
 
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = torch.as_tensor(h5io.read_array(knn_file, "ranks").astype(np.int64))
     if max(K, L - 1) > db.shape[0]:
         raise ValueError(f"K={K} / L={L} exceed the {db.shape[0]} database images of {testset_file}")
@@ -314,8 +288,8 @@ def evaluate_val(
     (:mod:`csa_rerank.validation`).  ``K`` is capped at the number of other images.
     """
     from .extract import pick_device
+    from .model import load_model
     from .rerank import csa_scores
-    from .training import load_model
     from .validation import evaluate_split
 
     device = pick_device(use_gpu)
@@ -342,20 +316,6 @@ def evaluate_val(
         result["first_round"]["mAP"], result["rerank"]["mAP"],
     )  # fmt: skip
     return result
-
-
-# --------------------------------------------------------------------------------------------------------------
-# process settings
-def prepare_job(threads: int) -> None:
-    """Settings of a job that runs torch: the job's threads for torch's intra-op parallelism (Snakemake sets
-    OMP_NUM_THREADS to match), and an allocator that keeps freed memory for the next batch
-    (:mod:`csa_rerank.allocator`)."""
-    import torch
-
-    from .allocator import retain_freed_memory
-
-    torch.set_num_threads(max(1, int(threads)))
-    retain_freed_memory()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -396,9 +356,9 @@ def train(
         use_gpu=use_gpu,
     )
     start = time.perf_counter()
-    if processes > 1:
-        from .distributed import launch
+    from .distributed import launch, train_in_this_process
 
+    if processes > 1:
         launch(settings, processes, threads_per_process=max(1, threads // processes), log=log.info)
         final = run_dir / "model.pt"
         facts = json.loads((run_dir / "facts.json").read_text())
@@ -412,67 +372,6 @@ def train(
     summary = {**facts, "processes": processes, "seconds_this_run": round(seconds, 2)}
     write_json(summary_path, summary)
     return summary
-
-
-def train_in_this_process(
-    db_file: str,
-    feature_files: list[str],
-    neighbour_files: list[str],
-    reranker: dict,
-    training: dict,
-    run_dir: str,
-    use_gpu: bool = True,
-) -> tuple[Path, dict]:
-    """The training itself, in this process (alone, or as one process of a ``torch.distributed`` job).
-
-    Returns the path of the trained model (of the last checkpoint, for an unfinished run) and facts for the
-    summary; process 0 also writes these facts to ``run_dir/facts.json``.
-    """
-    import torch.distributed as dist
-
-    from .extract import pick_device
-    from .model import CSAConfig
-    from .training import TrainConfig, TrainingSamples
-    from .training import train as run_training
-
-    db = datasets.load_training_db(db_file)
-    clusters = np.asarray(db["train"]["cluster"])
-    features = [h5io.read_array(path, "train") for path in feature_files]
-    neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
-    samples = TrainingSamples(features, neighbours, [clusters] * len(features))
-    model_config = CSAConfig(**reranker)
-    settings = dict(training)
-    world_size = settings.pop("code_world_size", 1)
-    train_config = TrainConfig(**settings, world_size=world_size)
-    device = pick_device(use_gpu)
-    if device.type == "cuda" and dist.is_initialized():
-        device = torch_device_of_local_rank()
-    log.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
-    # Progress bars only in a single process: from torchrun workers the epoch lines are the progress report.
-    distributed = dist.is_initialized()
-    final = run_training(model_config, train_config, samples, run_dir, device, log=log.info, progress=not distributed)
-    facts = {
-        "n_samples": len(samples),
-        "n_backbones": len(features),
-        "n_images": int(len(clusters)),
-        "n_clusters": int(len(np.unique(clusters))),
-        "epochs": train_config.epochs,
-        "device": str(device),
-    }
-    if not distributed or dist.get_rank() == 0:
-        write_json(Path(run_dir) / "facts.json", facts)
-    return final, facts
-
-
-def torch_device_of_local_rank():
-    """The CUDA device torchrun assigned to this process (``LOCAL_RANK``), made the current one."""
-    import os
-
-    import torch
-
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    torch.cuda.set_device(device)
-    return device
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -517,8 +416,8 @@ def rerank_csa(
 
     from .affinity import test_affinity
     from .extract import pick_device
+    from .model import load_model
     from .rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype
-    from .training import load_model
 
     device = pick_device(use_gpu)
     model = load_model(model_file, device)
@@ -531,7 +430,7 @@ def rerank_csa(
         model, seq, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
     )
 
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks")
     query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
     n_timed = min(latency_queries, len(query))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from csa_rerank.affinity import train_affinity
 from csa_rerank.atomic import atomic_path, save_figure
-from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query
+from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query, save_model
 
 LR_RULES = ("code", "paper")
 RECON_LOSSES = ("distance", "squared")
@@ -554,34 +554,11 @@ def train(
         return checkpoint_path
     model_path = out_dir / MODEL_NAME
     if rank == 0:
-        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-        _save_atomically({"config": asdict(model_config), "state_dict": state_dict}, model_path)
+        save_model(model, model_path)
         log(f"wrote {model_path}")
     if processes > 1:
         dist.barrier()
     return model_path
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReranker:
-    """Load a model written by :func:`train` (``model.pt``), in eval mode on ``device``.
-
-    Raises:
-        ValueError: naming ``path``, if the file is not a CSA model file or its weights do not fit its config.
-    """
-    path = Path(path)
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors of many kinds: report them all with the file name
-        raise ValueError(f"{path} is not a CSA model file (weights_only loading failed): {error}") from error
-    if not isinstance(content, dict) or set(content) != {"config", "state_dict"}:
-        found = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path} is not a CSA model file: expected keys config, state_dict; found {found}")
-    try:
-        model = CSAReranker(CSAConfig(**content["config"]))
-        model.load_state_dict(content["state_dict"], strict=True)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path} is not a valid CSA model file: {error}") from error
-    return model.to(device).eval()
 
 
 def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
