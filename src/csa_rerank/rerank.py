@@ -15,34 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csa_rerank.inference import forward_bf16, precision_autocast_dtype
 from csa_rerank.jobs import peak_rss_bytes
 from csa_rerank.model import CSAReranker, cosine_to_query
-from csa_rerank.onednn_graph import FusedBF16Encoder, fused_bf16_encoder
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def precision_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of a precision name on a device; None = plain fp32.
-
-    "auto" is fp16 on CUDA (as the authors ran) and bf16 on CPU, where fp16 matmuls are slow or unsupported.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return AUTOCAST_DTYPES[precision]
-
-
-def fused_cpu_encoder(
-    model: CSAReranker, precision: str, device: torch.device, onednn_graph: bool = True
-) -> FusedBF16Encoder | None:
-    """The oneDNN Graph encoder that :func:`csa_scores` runs for bf16 on the CPU; None where it runs the eager
-    model (other precisions and devices, ``onednn_graph=False``, or oneDNN Graph unavailable)."""
-    if onednn_graph and device.type == "cpu" and precision_autocast_dtype(precision, device) is torch.bfloat16:
-        return fused_bf16_encoder(model)
-    return None
+from csa_rerank.onednn_graph import fused_cpu_encoder
 
 
 def csa_scores(
@@ -62,7 +38,7 @@ def csa_scores(
         model: a :class:`CSAReranker` (moved to ``device`` if one is given, else used where it is).
         affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
         precision: "auto" (fp16 autocast on CUDA, as the authors ran; bf16 on CPU), "bf16", "fp16" or "fp32".
-            bf16 runs :meth:`CSAReranker.forward_bf16` (input projection and residual stream in fp32).
+            bf16 runs :func:`csa_rerank.inference.forward_bf16` (input projection and residual stream in fp32).
         onednn_graph: bf16 on the CPU runs the model as fused oneDNN Graph partitions
             (:mod:`csa_rerank.onednn_graph`, ~1.2x faster) where it can, else eagerly.
     Returns:
@@ -86,7 +62,7 @@ def csa_scores(
                 if fused is not None:
                     z = fused(chunk)  # [b, K+1, d]
                 elif autocast_dtype is torch.bfloat16:
-                    z = model.forward_bf16(chunk)
+                    z = forward_bf16(model, chunk)
                 else:  # fp32, or fp16 autocast as the authors ran it
                     z = model(chunk)
                 scores[start : start + batch_size] = cosine_to_query(z)[:, 1:].cpu().numpy()  # [b, K] float32

@@ -416,8 +416,10 @@ def rerank_csa(
 
     from .affinity import test_affinity
     from .extract import pick_device
+    from .inference import precision_autocast_dtype
     from .model import load_model
-    from .rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype
+    from .onednn_graph import fused_cpu_encoder
+    from .rerank import csa_scores, measure_latency
 
     device = pick_device(use_gpu)
     model = load_model(model_file, device)
