@@ -3,18 +3,22 @@
 Arrays in, arrays out: scorers map affinity sequences [Q, K+1, L] (row 0 = the query, see
 :func:`csa_rerank.affinity.test_affinity`) to scores [Q, K]; :func:`rerank_topk` reorders the first K columns
 of a ranking [Q, N] by those scores and leaves the rest in first-round order, as in the authors' ``test.py``
-(no fusion with the first-round similarity, no query expansion).  Rankings here are query-major [Q, N], the
-transpose of cirtorch's [N, Q].
+(no fusion with the first-round similarity, no query expansion).  :func:`rerank_by_affinity` is the whole
+composition, descriptors -> affinity sequences -> scores -> new ranking, of every affinity-based re-ranker:
+CSA (:func:`csa_scores`, :mod:`csa_rerank.methods.csa`), CRL (:mod:`csa_rerank.methods.crl`) and the validation
+split (:mod:`csa_rerank.validation`).  Rankings here are query-major [Q, N], the transpose of cirtorch's [N, Q].
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csa_rerank.affinity import test_affinity
 from csa_rerank.inference import forward_bf16, precision_autocast_dtype
 from csa_rerank.jobs import peak_rss_bytes
 from csa_rerank.model import CSAReranker, cosine_to_query
@@ -106,6 +110,52 @@ def rerank_topk(ranks: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return reranked
 
 
+Scorer = Callable[[torch.Tensor], np.ndarray]  # affinity [B, K+1, L] (row 0 = the query) -> scores [B, K]
+
+
+def affinity_scores(
+    query: torch.Tensor,
+    db: torch.Tensor,
+    ranks: np.ndarray | torch.Tensor,
+    K: int,
+    L: int,
+    scorer: Scorer,
+    batch_size: int,
+) -> np.ndarray:
+    """Scores of every query's top-K candidates by ``scorer`` on their affinity sequences (Eq. 1).
+
+    The sequences are built ``batch_size`` queries at a time, on the device of the descriptors, and handed to
+    ``scorer`` as they are (a scorer that runs elsewhere moves them).
+
+    Args:
+        query: [Q, D], db: [N, D] float32 descriptors (unit rows).
+        ranks: [Q, >= max(K, L-1)] first-round rankings (db indices, best first).
+    Returns:
+        [Q, K] float32 scores of ``ranks[:, :K]``, in that order.
+    """
+    width = max(K, L - 1)
+    scores = np.empty((len(query), K), dtype=np.float32)
+    for start in range(0, len(query), batch_size):
+        rows = slice(start, start + batch_size)
+        candidates = torch.as_tensor(ranks[rows, :width]).to(query.device, torch.int64)
+        scores[rows] = np.asarray(scorer(test_affinity(query[rows], db, candidates, K, L)))
+    return scores
+
+
+def rerank_by_affinity(
+    query: torch.Tensor,
+    db: torch.Tensor,
+    ranks: np.ndarray,
+    K: int,
+    L: int,
+    scorer: Scorer,
+    batch_size: int,
+) -> np.ndarray:
+    """Rankings [Q, N'] with each top-K block reordered by ``scorer``'s scores (:func:`affinity_scores`,
+    :func:`rerank_topk`); ``ranks`` [Q, N'] with N' >= max(K, L-1), the other arguments as there."""
+    return rerank_topk(ranks, affinity_scores(query, db, ranks, K, L, scorer, batch_size))
+
+
 def measure_latency(
     model: CSAReranker,
     K: int,
@@ -135,20 +185,10 @@ def measure_latency(
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = peak_rss_bytes()
 
-    def score_one_query() -> None:  # ends with the scores' copy to the host
+    def score_one_query(_: int) -> None:  # ends with the scores' copy to the host
         csa_scores(model, affinity, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
 
-    # An enclosing autocast region keeps the low-precision weight copies of the warm-up runs for the timed
-    # ones (csa_scores' own region nests inside it), as in a re-ranking run over many queries.
-    autocast_dtype = precision_autocast_dtype(precision, device)
-    times_ms = []
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for _ in range(warmup):
-            score_one_query()
-        for _ in range(repeats):
-            started = time.perf_counter()
-            score_one_query()
-            times_ms.append((time.perf_counter() - started) * 1000)
+    times_ms = time_calls(score_one_query, repeats, warmup, device, precision)
     if device.type == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -158,3 +198,29 @@ def measure_latency(
         "p90_ms": float(np.percentile(times_ms, 90)),
         "peak_mem_mb": float(peak_mem_mb),
     }
+
+
+def time_calls(
+    call: Callable[[int], object], repeats: int, warmup: int, device: torch.device | str, precision: str = "auto"
+) -> list[float]:
+    """Wall-clock milliseconds of ``call(i)`` for i = 0 .. repeats-1, after untimed ``call(i)`` for
+    i = 0 .. warmup-1: the one timing loop of the re-ranking latencies.
+
+    All calls run in one enclosing autocast region of ``precision`` on ``device``, which keeps the low-precision
+    copies of the weights made in the warm-up for the timed calls (the region of :func:`csa_scores` nests inside
+    it), as in a run over many queries.  On CUDA every timed call starts on an idle device; ``call`` should end
+    with its result on the host.
+    """
+    device = torch.device(device)
+    autocast_dtype = precision_autocast_dtype(precision, device)
+    times_ms = []
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for i in range(warmup):
+            call(i)
+        for i in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            call(i)
+            times_ms.append((time.perf_counter() - started) * 1000)
+    return times_ms

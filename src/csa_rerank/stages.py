@@ -288,22 +288,14 @@ def evaluate_val(
     (:mod:`csa_rerank.validation`).  ``K`` is capped at the number of other images.
     """
     from .extract import pick_device
-    from .model import load_model
-    from .rerank import csa_scores
+    from .methods import csa
     from .validation import evaluate_split
 
     device = pick_device(use_gpu)
-    model = load_model(model_file, device)
-    if model.config.anchors != L:
-        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, not L={L}")
+    model = csa.load(model_file, L, device)
     features = h5io.read_array(features_file, "val")
     clusters = np.asarray(datasets.load_training_db(db_file)["val"]["cluster"])
-
-    def scorer(affinity):
-        return csa_scores(
-            model, affinity, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
-        )
-
+    scorer = csa.scorer(model, precision, batch_size, onednn_graph, device)
     start = time.perf_counter()
     result = evaluate_split(features, clusters, K, L, scorer, batch_size=batch_size, device=device)
     if result["K"] != K:
@@ -407,53 +399,31 @@ def rerank_csa(
 ) -> dict:
     """CSA re-ranking of every query's top-K block, plus the per-query latency and memory of Tables 1 and 6.
 
-    Latency: each of the first ``latency_queries`` queries is re-ranked alone, from its descriptors to its new
-    order (affinity, model, sort), after three warm-up queries; the median is reported.  Memory: what
+    The scores are those of :func:`csa_rerank.methods.csa.scores` on the descriptors, computed from the affinity
+    stage's sequences (the same sequences, built once) by the method's scorer.  Latency: each of the first
+    ``latency_queries`` queries is re-ranked alone by :func:`csa_rerank.methods.csa.rerank`, from its descriptors
+    to its new order (affinity, model, sort), after three warm-up queries; the median is reported.  Memory: what
     re-ranking needs resident, i.e. the database descriptors (the O(Nd) of Table 6), the model's parameters and
     the peak activation memory of one query.
     """
-    import torch
-
-    from .affinity import test_affinity
     from .extract import pick_device
-    from .inference import precision_autocast_dtype
-    from .model import load_model
+    from .methods import csa
     from .onednn_graph import fused_cpu_encoder
-    from .rerank import csa_scores, measure_latency
+    from .rerank import measure_latency
 
     device = pick_device(use_gpu)
-    model = load_model(model_file, device)
     seq = h5io.read_array(affinity_file, "affinity")
     candidates = h5io.read_array(affinity_file, "candidates")
     K, L = candidates.shape[1], seq.shape[2]
-    if model.config.anchors != L:
-        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, {affinity_file} has L={L}")
-    scores = csa_scores(
-        model, seq, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
-    )
-
+    model = csa.load(model_file, L, device)
+    scores = csa.scorer(model, precision, batch_size, onednn_graph, device)(seq)
     query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks")
-    query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
     n_timed = min(latency_queries, len(query))
-    times = []
-    # One enclosing autocast region: the weights are cast to the low precision once, as in a run over all queries.
-    autocast_dtype = precision_autocast_dtype(precision, device)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for i in [0, 1, 2] + list(range(n_timed)):  # three warm-up queries, then the timed ones
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
-            one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
-            s = csa_scores(model, one, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
-            np.argsort(-s, axis=1, kind="stable")
-            times.append(time.perf_counter() - start)
-    latency_ms = 1000.0 * float(np.median(times[3:]))
+    latency_ms = _csa_latency_ms(model, query, db, ranks, K, L, n_timed, precision, onednn_graph, device)
     one_query = measure_latency(model, K, L, device, precision, repeats=3, warmup=2, onednn_graph=onednn_graph)
-    peak = one_query["peak_mem_mb"]
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    memory_gb = (db.nbytes + params_bytes + peak * 2**20) / 2**30
+    memory_gb = (db.nbytes + params_bytes + one_query["peak_mem_mb"] * 2**20) / 2**30
     engine = "oneDNN Graph" if fused_cpu_encoder(model, precision, device, onednn_graph) is not None else "eager"
     attrs = {"method": "csa", "model": model_file, "K": K, "L": L, "precision": precision, "engine": engine,
              "latency_ms": latency_ms, "memory_gb": memory_gb, "device": str(device)}  # fmt: skip
@@ -461,3 +431,21 @@ def rerank_csa(
     log.info("K=%d L=%d: %.2f ms per query (median of %d, %s %s), %.3f GB",
              K, L, latency_ms, n_timed, engine, precision, memory_gb)  # fmt: skip
     return attrs
+
+
+def _csa_latency_ms(model, query, db, ranks, K, L, n_timed, precision, onednn_graph, device) -> float:
+    """Median wall-clock time of :func:`csa_rerank.methods.csa.rerank` on one query at a time (queries
+    0 .. n_timed-1 after queries 0, 1, 2 as warm-up), the descriptors on ``device``."""
+    import torch
+
+    from .methods import csa
+    from .rerank import time_calls
+
+    query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
+    width = max(K, L - 1)
+
+    def rerank_one(i: int) -> None:
+        csa.rerank(query_t[i : i + 1], db_t, ranks[i : i + 1, :width], model, K, L, precision, 1, onednn_graph, device)
+
+    times_ms = time_calls(rerank_one, n_timed, min(3, len(query)), device, precision)
+    return float(np.median(times_ms))
