@@ -7,6 +7,7 @@ every stage can be run and tested without Snakemake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -66,32 +67,8 @@ def extract(
         num_workers=settings["workers"],
     )
     log.info("network %s on %s, msp=%s, settings %s", network_name, device, msp, settings)
-    arrays = {}
-    if kind == "test":
-        gnd = datasets.load_ground_truth(listing)
-        db_paths, query_paths, bbxs = datasets.test_image_paths(Path(images).parent, gnd)
-        arrays["db"] = extract_descriptors(net, db_paths, desc="database", **common)
-        arrays["query"] = extract_descriptors(net, query_paths, bbxs=bbxs, desc="queries", **common)
-    elif kind == "distractors":
-        paths = datasets.distractor_image_paths(listing)
-        if n_images is not None and len(paths) != n_images:
-            raise datasets.DatasetFormatError(
-                f"{listing}: lists {len(paths)} images, but the workflow was planned for {n_images} "
-                "(datasets.distractor_images in the config): fix the count or the list"
-            )
-        start, stop = shard if shard is not None else (0, len(paths))
-        arrays["db"] = extract_descriptors(net, paths[start:stop], desc=f"distractors {start}-{stop}", **common)
-    elif kind == "whitening":
-        wdb = datasets.load_whitening_db(listing)
-        paths = [datasets.cid_path(images, cid) for cid in wdb["cids"]]
-        arrays["db"] = extract_descriptors(net, paths, desc="whitening set", **common)
-    elif kind == "training":
-        db = datasets.load_training_db(listing)
-        for split in ("train", "val"):
-            paths = [datasets.cid_path(images, cid) for cid in db[split]["cids"]]
-            arrays[split] = extract_descriptors(net, paths, desc=split, **common)
-    else:
-        raise ValueError(f"unknown dataset kind {kind!r}")
+    describe = functools.partial(extract_descriptors, net, **common)
+    arrays = _dataset_descriptors(kind, listing, images, describe, shard, n_images)
     method = network_spec.get("post_whitening", "none")
     if method != "none":
         multiscale = len(settings["scales"]) > 1
@@ -111,6 +88,34 @@ def extract(
         attrs.update(start=int(shard[0]), stop=int(shard[1]))
     h5io.write_arrays(out_path, arrays, attrs)
     log.info("wrote %s: %s", out_path, {k: v.shape for k, v in arrays.items()})
+
+
+def _dataset_descriptors(kind, listing, images, describe, shard, n_images) -> dict[str, np.ndarray]:
+    """The descriptor arrays of a dataset of ``kind`` (see :func:`extract`), named as in its file;
+    ``describe(paths, desc=..., bbxs=...)`` extracts those of a list of images."""
+    if kind == "test":
+        gnd = datasets.load_ground_truth(listing)
+        db_paths, query_paths, bbxs = datasets.test_image_paths(Path(images).parent, gnd)
+        return {"db": describe(db_paths, desc="database"), "query": describe(query_paths, bbxs=bbxs, desc="queries")}
+    if kind == "distractors":
+        paths = datasets.distractor_image_paths(listing)
+        if n_images is not None and len(paths) != n_images:
+            raise datasets.DatasetFormatError(
+                f"{listing}: lists {len(paths)} images, but the workflow was planned for {n_images} "
+                "(datasets.distractor_images in the config): fix the count or the list"
+            )
+        start, stop = shard if shard is not None else (0, len(paths))
+        return {"db": describe(paths[start:stop], desc=f"distractors {start}-{stop}")}
+    if kind == "whitening":
+        wdb = datasets.load_whitening_db(listing)
+        return {"db": describe([datasets.cid_path(images, cid) for cid in wdb["cids"]], desc="whitening set")}
+    if kind == "training":
+        db = datasets.load_training_db(listing)
+        return {
+            split: describe([datasets.cid_path(images, cid) for cid in db[split]["cids"]], desc=split)
+            for split in ("train", "val")
+        }
+    raise ValueError(f"unknown dataset kind {kind!r}")
 
 
 def _post_whitening_params(method, arrays, kind, listing, whitening_file, meta, multiscale, checkpoint):
