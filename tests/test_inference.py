@@ -1,23 +1,10 @@
 """Low-precision inference (csa_rerank.inference): the bf16 forward pass, query-anchored branch outputs, precisions."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
 from csa_rerank.inference import forward_bf16, precision_autocast_dtype, query_anchored_linear
 from csa_rerank.model import CSAConfig, CSAReranker
-
-TINY = CSAConfig(anchors=16, hidden=32, depth=2, heads=4)
-
-
-def tiny_model(**changes) -> CSAReranker:
-    torch.manual_seed(0)
-    return CSAReranker(replace(TINY, **changes))
-
-
-def random_affinity(B: int, T: int, L: int, seed: int = 1) -> torch.Tensor:
-    return torch.rand(B, T, L, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def test_precision_names():
@@ -30,8 +17,9 @@ def test_precision_names():
 
 
 def test_bf16_inference_keeps_the_input_projection_and_the_residual_stream_in_fp32():
-    model = tiny_model(depth=2).eval()
-    affinity = random_affinity(2, 17, 16)
+    torch.manual_seed(0)
+    model = CSAReranker(CSAConfig(anchors=16, hidden=32, depth=2, heads=4)).eval()
+    affinity = torch.rand(2, 17, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # cosines in [-1, 1]
     with torch.no_grad():
         fp32 = model(affinity)
     dtypes = {}

@@ -75,3 +75,24 @@ def test_inputs_are_checked(model, data, tmp_path):
         csa.rerank(query, db, ranks, {"config": {}}, K=K, L=L)
     with pytest.raises(ValueError, match="precision='int8'"):
         csa.rerank(query, db, ranks, model, K=K, L=L, precision="int8")
+
+
+def test_the_rerank_csa_stage_writes_the_methods_ranking_and_scores(model, data, tmp_path):
+    from csa_rerank import h5io, stages
+
+    query, db, _ = data
+    h5io.write_arrays(tmp_path / "test.h5", {"query": query, "db": db})
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    files = {name: str(tmp_path / f"{name}.h5") for name in ("test", "knn", "affinity", "csa")}
+    stages.knn(files["test"], None, files["knn"], memory_gb=0.01)
+    stages.affinity(files["test"], None, files["knn"], K, L, files["affinity"])
+    attrs = stages.rerank_csa(
+        files["affinity"], str(tmp_path / "model.pt"), files["test"], None, files["knn"], files["csa"],
+        precision="fp32", batch_size=2, latency_queries=2, use_gpu=False,
+    )  # fmt: skip
+    ranks = h5io.read_array(files["knn"], "ranks")
+    expected = csa.rerank(query, db, ranks, model, K=K, L=L, precision="fp32", batch_size=2)
+    np.testing.assert_array_equal(h5io.read_array(files["csa"], "topk"), expected[:, :K])
+    expected_scores = csa.scores(query, db, ranks, model, K=K, L=L, precision="fp32")
+    np.testing.assert_allclose(h5io.read_array(files["csa"], "scores"), expected_scores, rtol=0, atol=1e-6)
+    assert (attrs["K"], attrs["L"], attrs["engine"]) == (K, L, "eager") and attrs["latency_ms"] > 0
