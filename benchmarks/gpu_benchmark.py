@@ -36,9 +36,9 @@ from rerank_benchmark import (
 )
 
 from csa_rerank.knn import self_neighbours
-from csa_rerank.model import CSAConfig, CSAReranker
+from csa_rerank.model import CSAConfig, CSAReranker, load_model
 from csa_rerank.rerank import measure_latency
-from csa_rerank.training import TrainConfig, TrainingSamples, load_model, train
+from csa_rerank.training import TrainConfig, TrainingSamples, train
 
 KS = (128, 256, 512, 1024, 1536)
 

@@ -38,10 +38,11 @@ from csa_rerank.affinity import test_affinity
 from csa_rerank.allocator import retain_freed_memory
 from csa_rerank.datasets import load_ground_truth
 from csa_rerank.evaluate import evaluate
-from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.onednn_graph import onednn_fusion
-from csa_rerank.rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype, rerank_topk
-from csa_rerank.training import TrainConfig, contrastive_loss, load_model, parameter_groups, reconstruction_loss
+from csa_rerank.inference import precision_autocast_dtype
+from csa_rerank.model import CSAConfig, CSAReranker, load_model
+from csa_rerank.onednn_graph import fused_cpu_encoder, onednn_fusion
+from csa_rerank.rerank import csa_scores, measure_latency, rerank_topk
+from csa_rerank.training import TrainConfig, contrastive_loss, parameter_groups, reconstruction_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("auto", "fp32")

@@ -44,6 +44,6 @@ def test_retained_memory_is_reused_without_page_faults():
 
 
 def test_prepare_job_sets_threads_and_allocator():
-    script = "import torch\nfrom csa_rerank import stages\nstages.prepare_job(1)\nprint(torch.get_num_threads())\n"
+    script = "import torch\nfrom csa_rerank import jobs\njobs.prepare_job(1)\nprint(torch.get_num_threads())\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "1"

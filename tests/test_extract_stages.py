@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from csa_rerank import datasets, h5io, safe_pickle, stages
+from csa_rerank import datasets, h5io, networks, safe_pickle, stages
 from csa_rerank.extract import extract_descriptors
 from csa_rerank.networks import GeM, RetrievalNet
 from csa_rerank.whitening import apply_whitening, learn_whitening
@@ -36,7 +36,7 @@ def tiny_network(monkeypatch):
     """Every configured network becomes the tiny one; ``meta`` is what its checkpoint's meta would be."""
     meta: dict = {}
     monkeypatch.setattr(
-        stages, "build_configured_network", lambda spec, ckpt=None, body=None: (_tiny_net(), None, None, meta)
+        networks, "build_configured_network", lambda spec, ckpt=None, body=None: (_tiny_net(), None, None, meta)
     )
     return meta
 

@@ -8,7 +8,8 @@ import torch
 
 import csa_rerank.onednn_graph as onednn_graph
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import csa_scores, fused_cpu_encoder
+from csa_rerank.onednn_graph import fused_cpu_encoder
+from csa_rerank.rerank import csa_scores
 
 needs_onednn_graph = pytest.mark.skipif(
     not onednn_graph.onednn_graph_available(), reason="no oneDNN Graph bf16 in this PyTorch build or CPU"

@@ -8,7 +8,15 @@ import torch
 
 from csa_rerank.affinity import test_affinity as build_test_affinity
 from csa_rerank.model import CSAConfig, CSAReranker
-from csa_rerank.rerank import affinity_feature_scores, csa_scores, measure_latency, rerank_topk
+from csa_rerank.rerank import (
+    affinity_feature_scores,
+    affinity_scores,
+    csa_scores,
+    measure_latency,
+    rerank_by_affinity,
+    rerank_topk,
+    time_calls,
+)
 
 
 @pytest.fixture
@@ -95,3 +103,30 @@ def test_measure_latency(tiny_model):
     assert set(result) == {"median_ms", "p90_ms", "peak_mem_mb"}
     assert 0 < result["median_ms"] <= result["p90_ms"]
     assert result["peak_mem_mb"] >= 0
+
+
+def test_rerank_by_affinity_builds_the_sequences_in_batches_and_reorders_the_top_k():
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(20, 8)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    query = torch.as_tensor(db[:5] + 0.1)
+    ranks = np.argsort(-(query.numpy() @ db.T), axis=1)  # [5, 20]
+    seen = []
+
+    def reverse(affinity):  # scores that reverse the first-round order of the K candidates
+        seen.append(tuple(affinity.shape))
+        return -np.arange(affinity.shape[1] - 1, dtype=np.float32)[::-1][None].repeat(len(affinity), 0)
+
+    reranked = rerank_by_affinity(query, torch.as_tensor(db), ranks, 4, 6, reverse, batch_size=2)
+    assert seen == [(2, 5, 6), (2, 5, 6), (1, 5, 6)]
+    np.testing.assert_array_equal(reranked[:, :4], ranks[:, 3::-1])
+    np.testing.assert_array_equal(reranked[:, 4:], ranks[:, 4:])
+    expected = build_test_affinity(query, torch.as_tensor(db), torch.as_tensor(ranks), 4, 6)
+    scores = affinity_scores(query, torch.as_tensor(db), ranks.astype(np.int32), 4, 6, affinity_feature_scores, 2)
+    np.testing.assert_array_equal(scores, affinity_feature_scores(expected))
+
+
+def test_time_calls_warms_up_then_times_each_call():
+    calls = []
+    times = time_calls(calls.append, repeats=4, warmup=2, device="cpu", precision="fp32")
+    assert calls == [0, 1, 0, 1, 2, 3] and len(times) == 4 and all(t >= 0 for t in times)

@@ -163,3 +163,13 @@ def test_dump_round_trip_leaves_no_temporary(tmp_path):
     assert loaded["train"]["cids"] == ["a", "b"]
     np.testing.assert_array_equal(loaded["train"]["pidxs"], [1])
     assert path.read_bytes()[:2] == b"\x80\x04"  # protocol 4
+
+
+def test_one_numpy_allow_list_for_pickles_and_torch_load():
+    from csa_rerank import networks
+
+    torch_names = {name for _, name in networks._numpy_safe_globals()}
+    numpy_names = {f"{module}.{name}" for module, name in safe_pickle.NUMPY_GLOBALS}
+    assert torch_names <= numpy_names and "numpy._core.multiarray._reconstruct" in torch_names
+    assert {"numpy.dtypes.Float64DType", "numpy.core.multiarray._reconstruct"} <= torch_names
+    assert set(safe_pickle.NUMPY_GLOBALS) <= safe_pickle._ALLOWED_GLOBALS

@@ -8,13 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from csa_rerank.model import CSAConfig, CSAReranker
+from csa_rerank.model import CSAConfig, CSAReranker, load_model
 from csa_rerank.training import (
     TrainConfig,
     TrainingSamples,
     contrastive_loss,
     learning_rate,
-    load_model,
     paper_preset,
     parameter_groups,
     plot_loss_curve,

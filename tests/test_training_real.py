@@ -14,9 +14,9 @@ import torch
 from csa_rerank.affinity import test_affinity as affinity_sequences
 from csa_rerank.evaluate import evaluate
 from csa_rerank.knn import search, self_neighbours
-from csa_rerank.model import CSAConfig
+from csa_rerank.model import CSAConfig, load_model
 from csa_rerank.rerank import csa_scores, rerank_topk
-from csa_rerank.training import TrainConfig, TrainingSamples, load_model, train
+from csa_rerank.training import TrainConfig, TrainingSamples, train
 
 K = L = 64
 MODEL = CSAConfig(anchors=L, hidden=64, depth=2, heads=4)

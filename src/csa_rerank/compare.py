@@ -8,6 +8,7 @@ parameters, the re-ranking latency per query and the memory (Table 6).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, h5io, registry
+from .atomic import atomic_path
+from .jobs import peak_rss_bytes
 
 log = logging.getLogger("csa_rerank")
 
@@ -27,8 +30,6 @@ LEARNED = registry.learned()
 
 def fit_method(method: str, db_file: str, features_file: str, neighbours_file: str, params: dict, out_path: str):
     """Train a learned method on the training split (descriptors, neighbour lists, cluster labels)."""
-    import importlib
-
     import torch
 
     if method not in LEARNED:
@@ -40,17 +41,8 @@ def fit_method(method: str, db_file: str, features_file: str, neighbours_file: s
     started = time.perf_counter()
     weights = module.fit(features, neighbours, clusters, **params)
     log.info("%s fitted on %d images in %.1f s", method, len(features), time.perf_counter() - started)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(out_path.name + ".part")
-    torch.save(weights, temporary)
-    temporary.replace(out_path)
-
-
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    with atomic_path(out_path) as temporary:
+        torch.save(weights, temporary)
 
 
 def rerank_method(
@@ -75,18 +67,17 @@ def rerank_method(
     import torch
 
     from .methods import METHODS
-    from .stages import load_test_descriptors
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
     kwargs = dict(params)
     if method in LEARNED:
         if not weights_file:
             raise ValueError(f"{method} needs the weights fitted on the training set")
         kwargs["weights"] = torch.load(weights_file, map_location="cpu", weights_only=True)
-    rss_before = _peak_rss_gb()
+    rss_before = peak_rss_bytes()
     started = time.perf_counter()
     if method == SPATIAL:
         new_ranks = _rerank_dsm(ranks, images, kwargs)
@@ -100,7 +91,7 @@ def rerank_method(
         "method": method,
         "params": json.dumps(params, sort_keys=True),
         "latency_ms": 1000.0 * seconds / len(query),  # all queries in one call: the mean per query
-        "memory_gb": (db.nbytes + query.nbytes) / 2**30 + max(0.0, _peak_rss_gb() - rss_before),
+        "memory_gb": (db.nbytes + query.nbytes + max(0, peak_rss_bytes() - rss_before)) / 2**30,
     }
     h5io.write_arrays(out_path, {"ranks": new_ranks.astype(np.int32)}, attrs)
     log.info("%s: %d queries in %.1f s (%.2f ms per query)", method, len(query), seconds, attrs["latency_ms"])
@@ -109,8 +100,10 @@ def rerank_method(
 
 def _rerank_dsm(ranks: np.ndarray, images: dict, kwargs: dict) -> np.ndarray:
     from .extract import pick_device
-    from .methods import dsm
-    from .stages import build_configured_network
+    from .networks import build_configured_network
+
+    # imported by the registry's name, like every method, so that DSM's code is in DSM's jobs' digest only
+    dsm = importlib.import_module(registry.method(SPATIAL).module)
 
     gnd_file = Path(images["gnd"])
     gnd = datasets.load_ground_truth(gnd_file)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import safe_pickle
+from .atomic import atomic_path, write_text
 from .datasets import cid_path
 
 # Independent random streams, so the test sets, the distractors and the training set never share a landmark.
@@ -141,16 +141,8 @@ def _query_box(landmark_box, photo_size, min_share: float = QUERY_BOX_MIN_SHARE)
 
 def _atomic_save_jpeg(pixels: np.ndarray, path: Path) -> None:
     """Write uint8 RGB ``pixels`` as a JPEG at ``path`` (any extension or none) via a temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(pixels, "RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels, "RGB").save(temporary, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _unique_serials(rng: np.random.Generator, n: int) -> list[int]:
@@ -209,8 +201,16 @@ def _draw_facade(rng: np.random.Generator) -> Image.Image:
     roof_type = ["flat", "gable", "dome", "towers", "crenel", "spire"][rng.integers(6)]
     roof_h = 0 if roof_type == "flat" else round(fh * rng.uniform(0.18, 0.35))
     draw.rectangle((0, roof_h, fw - 1, fh - 1), fill=wall)
+    # the painting steps draw from ``rng`` in this order, which fixes every demo image
+    _paint_courses(draw, rng, fw, fh, roof_h, stripe)
+    _paint_windows(draw, rng, fw, fh, roof_h, glass, trim)
+    _paint_ornament(draw, rng, fw, fh, roof_h, accent, glass, trim)
+    _paint_roof(draw, rng, roof_type, fw, roof_h, wall, roof_colour, trim)
+    return _weathered(img, rng)
 
-    # stone courses: horizontal bands, vertical bands or a checker, with the landmark's own period
+
+def _paint_courses(draw: ImageDraw.ImageDraw, rng: np.random.Generator, fw, fh, roof_h, stripe) -> None:
+    """Stone courses: horizontal bands, vertical bands or a checker, with the landmark's own period."""
     period = int(rng.integers(4, 14))
     pattern = ["hbands", "vbands", "checker", "plain"][rng.integers(4)]
     if pattern == "hbands":
@@ -224,7 +224,9 @@ def _draw_facade(rng: np.random.Generator) -> Image.Image:
             for x in range((row % 2) * period, fw, 2 * period):
                 draw.rectangle((x, y, x + period - 1, y + period - 1), fill=stripe)
 
-    # window grid, with pilasters between the columns and cornices between the storeys on some facades
+
+def _paint_windows(draw: ImageDraw.ImageDraw, rng: np.random.Generator, fw, fh, roof_h, glass, trim) -> None:
+    """Window grid, with pilasters between the columns and cornices between the storeys on some facades."""
     n_cols, n_rows = int(rng.integers(2, 10)), int(rng.integers(1, 7))
     shape = ["rect", "arch", "gothic", "round"][rng.integers(4)]
     cell_w, cell_h = fw / n_cols, (fh - roof_h) / n_rows
@@ -243,7 +245,9 @@ def _draw_facade(rng: np.random.Generator) -> Image.Image:
             y = roof_h + r * cell_h
             draw.rectangle((0, y - thickness, fw - 1, y + thickness), fill=trim)
 
-    # at most one central ornament: a rose window, a clock or a great door
+
+def _paint_ornament(draw: ImageDraw.ImageDraw, rng: np.random.Generator, fw, fh, roof_h, accent, glass, trim) -> None:
+    """At most one central ornament: a rose window, a clock or a great door."""
     ornament = ["none", "rose", "clock", "door"][rng.integers(4)]
     cx = fw / 2
     if ornament in ("rose", "clock"):
@@ -259,17 +263,20 @@ def _draw_facade(rng: np.random.Generator) -> Image.Image:
         dw, dh = fw * rng.uniform(0.15, 0.3), (fh - roof_h) * rng.uniform(0.3, 0.5)
         _draw_window(draw, (cx - dw / 2, fh - dh, cx + dw / 2, fh - 1), "arch", accent, trim)
 
-    # the roof gives the outline
+
+def _paint_roof(draw: ImageDraw.ImageDraw, rng: np.random.Generator, roof_type, fw, roof_h, wall, colour, trim) -> None:
+    """The roof, which gives the outline."""
+    cx = fw / 2
     if roof_type == "gable":
-        draw.polygon([(0, roof_h), (fw / 2, 0), (fw - 1, roof_h)], fill=roof_colour)
+        draw.polygon([(0, roof_h), (fw / 2, 0), (fw - 1, roof_h)], fill=colour)
     elif roof_type == "dome":
         dw = fw * rng.uniform(0.35, 0.8)
-        draw.pieslice((cx - dw / 2, 0, cx + dw / 2, 2 * roof_h), 180, 360, fill=roof_colour)
+        draw.pieslice((cx - dw / 2, 0, cx + dw / 2, 2 * roof_h), 180, 360, fill=colour)
     elif roof_type == "towers":
         tw = fw * rng.uniform(0.12, 0.25)
         for x0 in (0, fw - tw):
             draw.rectangle((x0, 0, x0 + tw, roof_h), fill=wall)
-            draw.polygon([(x0, roof_h * 0.3), (x0 + tw / 2, 0), (x0 + tw, roof_h * 0.3)], fill=roof_colour)
+            draw.polygon([(x0, roof_h * 0.3), (x0 + tw / 2, 0), (x0 + tw, roof_h * 0.3)], fill=colour)
     elif roof_type == "crenel":
         merlon = max(2, round(fw / rng.integers(6, 14)))
         for x in range(0, fw, 2 * merlon):
@@ -277,9 +284,12 @@ def _draw_facade(rng: np.random.Generator) -> Image.Image:
         draw.rectangle((0, roof_h * 0.85, fw - 1, roof_h), fill=trim)
     elif roof_type == "spire":
         sw = fw * rng.uniform(0.1, 0.2)
-        draw.polygon([(cx - sw / 2, roof_h), (cx, 0), (cx + sw / 2, roof_h)], fill=roof_colour)
+        draw.polygon([(cx - sw / 2, roof_h), (cx, 0), (cx + sw / 2, roof_h)], fill=colour)
 
-    # weathering: a fixed stain pattern, part of the landmark's look in every photo
+
+def _weathered(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Weathering: a fixed stain pattern, part of the landmark's look in every photo."""
+    fw, fh = img.size
     pixels = np.asarray(img, dtype=np.float32)
     coarse = rng.normal(0.0, 1.0, size=(max(2, fh // 16), max(2, fw // 16))).astype(np.float32)
     stain = np.asarray(Image.fromarray(coarse, "F").resize((fw, fh), Image.Resampling.BILINEAR))
@@ -702,7 +712,7 @@ def generate_distractors(out_dir: str | Path, *, seed: int, n_images: int, image
                 _rng(seed, _STREAM_DISTRACTORS, _SUB_VIEW, int(i)), site, str(photo_kind[i]), image_size
             )
             _atomic_save_jpeg(pixels, out_dir / "jpg" / paths[i])
-    _atomic_write_text("".join(f"{path}\n" for path in paths), out_dir / "revisitop1m.txt")
+    write_text(out_dir / "revisitop1m.txt", "".join(f"{path}\n" for path in paths))
     return paths
 
 

@@ -1,10 +1,12 @@
-"""Data-parallel CSA training with ``torchrun``: the launcher and the per-process entry point.
+"""Running the CSA training: in this process, or data-parallel in several started with ``torchrun``.
 
-:func:`launch` writes the training settings to a JSON file in the run folder and starts
+:func:`train_in_this_process` reads the training stage's files and runs :func:`csa_rerank.training.train`, alone
+or as one process of a ``torch.distributed`` job.  :func:`launch` writes the training settings to a JSON file in
+the run folder and starts
 ``python -m torch.distributed.run --standalone --nproc-per-node P -m csa_rerank.distributed <settings.json>``;
 every process then joins the process group (NCCL on CUDA, gloo on the CPU) and runs
-:func:`csa_rerank.stages.train_in_this_process`, whose training loop splits each global batch over the
-processes (:func:`csa_rerank.training.train`).  Users with their own launcher can run the module directly::
+:func:`train_in_this_process`, whose training loop splits each global batch over the processes.  Users with
+their own launcher can run the module directly::
 
     torchrun --nproc-per-node 4 -m csa_rerank.distributed results/models/rSfM120k/run/settings.json
 """
@@ -19,11 +21,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from csa_rerank import datasets, h5io
+from csa_rerank.atomic import write_json
+from csa_rerank.jobs import prepare_job
+
 SETTINGS_NAME = "settings.json"
+logger = logging.getLogger("csa_rerank")
 
 
 def launch(settings: dict, processes: int, threads_per_process: int = 1, log: Callable[[str], None] = print) -> None:
-    """Run :func:`csa_rerank.stages.train_in_this_process` with ``settings`` in ``processes`` processes.
+    """Run :func:`train_in_this_process` with ``settings`` in ``processes`` processes.
 
     Raises:
         RuntimeError: naming the log of the failed processes, if the distributed run fails.
@@ -31,7 +40,7 @@ def launch(settings: dict, processes: int, threads_per_process: int = 1, log: Ca
     run_dir = Path(settings["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / SETTINGS_NAME
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(settings_file, settings)
     command = [
         sys.executable,
         "-m",
@@ -56,17 +65,73 @@ def launch(settings: dict, processes: int, threads_per_process: int = 1, log: Ca
         )
 
 
+def train_in_this_process(
+    db_file: str,
+    feature_files: list[str],
+    neighbour_files: list[str],
+    reranker: dict,
+    training: dict,
+    run_dir: str,
+    use_gpu: bool = True,
+) -> tuple[Path, dict]:
+    """The training itself, in this process (alone, or as one process of a ``torch.distributed`` job).
+
+    Returns the path of the trained model (of the last checkpoint, for an unfinished run) and facts for the
+    summary; process 0 also writes these facts to ``run_dir/facts.json``.
+    """
+    import torch.distributed as dist
+
+    from .extract import pick_device
+    from .model import CSAConfig
+    from .training import TrainConfig, TrainingSamples, train
+
+    db = datasets.load_training_db(db_file)
+    clusters = np.asarray(db["train"]["cluster"])
+    features = [h5io.read_array(path, "train") for path in feature_files]
+    neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
+    samples = TrainingSamples(features, neighbours, [clusters] * len(features))
+    model_config = CSAConfig(**reranker)
+    settings = dict(training)
+    world_size = settings.pop("code_world_size", 1)
+    train_config = TrainConfig(**settings, world_size=world_size)
+    device = pick_device(use_gpu)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch_device_of_local_rank()
+    logger.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
+    # Progress bars only in a single process: from torchrun workers the epoch lines are the progress report.
+    distributed = dist.is_initialized()
+    final = train(model_config, train_config, samples, run_dir, device, log=logger.info, progress=not distributed)
+    facts = {
+        "n_samples": len(samples),
+        "n_backbones": len(features),
+        "n_images": int(len(clusters)),
+        "n_clusters": int(len(np.unique(clusters))),
+        "epochs": train_config.epochs,
+        "device": str(device),
+    }
+    if not distributed or dist.get_rank() == 0:
+        write_json(Path(run_dir) / "facts.json", facts)
+    return final, facts
+
+
+def torch_device_of_local_rank():
+    """The CUDA device torchrun assigned to this process (``LOCAL_RANK``), made the current one."""
+    import torch
+
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device
+
+
 def main(settings_file: str) -> None:
     """Entry point of one ``torchrun`` process."""
     import torch
     import torch.distributed as dist
 
-    from . import stages
-
     settings = json.loads(Path(settings_file).read_text())
     use_cuda = settings.get("use_gpu", True) and torch.cuda.is_available()
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    stages.prepare_job(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    prepare_job(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rank = dist.get_rank()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
@@ -75,8 +140,8 @@ def main(settings_file: str) -> None:
     )
     try:
         if use_cuda:
-            stages.torch_device_of_local_rank()
-        stages.train_in_this_process(**settings)
+            torch_device_of_local_rank()
+        train_in_this_process(**settings)
     finally:
         dist.destroy_process_group()
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from csa_rerank.atomic import atomic_path
+
 # the arrays of each layout, by the key of the pickled dict (None: a bare array)
 LAYOUTS = {"test": ("db", "query"), "training": ("train", "val"), "distractors": (None,)}
 
@@ -58,19 +60,13 @@ def _array(dataset: h5py.Dataset, path: Path, protocol: int) -> np.ndarray:
 
 def export(features_file: str | Path, out_path: str | Path, protocol: int = 4) -> str:
     """Write ``features_file``'s descriptors as the CSA pickle ``out_path``; returns the layout written."""
-    features_file, out_path = Path(features_file), Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".part")
-    try:
-        with h5py.File(features_file, "r") as handle:
-            layout = layout_of(handle.keys())
-            arrays = {key: _array(handle[key or "db"], features_file, protocol) for key in LAYOUTS[layout]}
-            obj = arrays[None] if None in arrays else arrays
-            with open(tmp, "wb") as out:
-                pickle.dump(obj, out, protocol=protocol)
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    features_file = Path(features_file)
+    with atomic_path(out_path) as temporary, h5py.File(features_file, "r") as handle:
+        layout = layout_of(handle.keys())
+        arrays = {key: _array(handle[key or "db"], features_file, protocol) for key in LAYOUTS[layout]}
+        obj = arrays[None] if None in arrays else arrays
+        with open(temporary, "wb") as out:
+            pickle.dump(obj, out, protocol=protocol)
     return layout
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import tables
+from .atomic import atomic_path, save_figure
 
 FIRST_ROUND = "first round"
 MEAN, STD = "mean", "std"
@@ -93,7 +94,8 @@ def build(figure: str, layout: dict) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, csv_path: str | Path) -> None:
-    frame.to_csv(csv_path, index=False)
+    with atomic_path(csv_path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def _paper_points(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -109,7 +111,7 @@ def plot(figure: str, frame: pd.DataFrame, layout: dict, png_path: str | Path) -
         canvas = _plot_seeds(frame, layout)
     else:
         canvas = _plot_sweeps(frame, layout)
-    canvas.savefig(png_path, dpi=100)
+    save_figure(canvas, png_path, dpi=100)
 
 
 def _plot_sweeps(frame: pd.DataFrame, layout: dict) -> Figure:

@@ -24,19 +24,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from csa_rerank.atomic import atomic_path
+
 
 @contextmanager
-def atomic_h5(path: str | Path):
-    """Open ``path`` for writing through a temporary file that replaces it only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with h5py.File(tmp, "w") as handle:
-            yield handle
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
+    """Open ``path`` for writing through a temporary file that replaces it only on success
+    (:func:`csa_rerank.atomic.atomic_path`)."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        yield handle
 
 
 def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None, chunks=None) -> None:
@@ -69,3 +65,12 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
 def read_attrs(path: str | Path) -> dict:
     with h5py.File(path, "r") as handle:
         return dict(handle.attrs)
+
+
+def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
+    query = read_array(testset_file, "query")
+    db = read_array(testset_file, "db")
+    if distractors_file:
+        db = np.concatenate([db, read_array(distractors_file, "db")])
+    return query, db

@@ -38,11 +38,14 @@ Paper vs the authors' released code, and the switch that selects each (defaults 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from csa_rerank.atomic import atomic_path
 
 RECON_HEADS = ("linear", "mlp")
 
@@ -173,32 +176,6 @@ class EncoderBlock(nn.Module):
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_prob, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
 
-    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """The block in eval mode under bf16 autocast, residual stream in fp32: x [B, T, d] float32 -> same.
-
-        The same function as :meth:`forward`; the two branch outputs that are added to the residual stream
-        (attention output projection, fc2) go through :func:`query_anchored_linear`.
-        """
-        x = x + query_anchored_linear(self.attn.out, self.attn.attend(self.norm1(x)))
-        hidden = self.mlp.act(self.mlp.fc1(self.norm2(x)))
-        return x + query_anchored_linear(self.mlp.fc2, hidden)
-
-
-def query_anchored_linear(layer: nn.Linear, a: torch.Tensor) -> torch.Tensor:
-    """``layer(a)`` in bf16, returned in fp32, as ``layer(a_0) + W (a - a_0)`` where a_0 is the query's token.
-
-    ``a`` [B, T, n] (bf16 under autocast) -> [B, T, m] float32.  Why: the scores are cosines with the query's
-    token, and a trained model gives its best candidates cosines like 0.99919, 0.99917, 0.99913, so their
-    order rests on small differences between near-identical rows.  A bf16 matmul rounds each output to 8 bits
-    of mantissa relative to the whole row, independently per row, and these roundings of the branch outputs
-    were the main source of order flips against fp32 (docs/benchmarks.md, "Precision and mAP").  Computed on
-    the differences to the query's row, the rounding error scales with those differences instead, and the
-    rounding of ``layer(a_0)`` is the same for every token.
-    """
-    anchor = a[:, :1]
-    difference = F.linear(a - anchor, layer.weight)
-    return difference.float() + layer(anchor).float()
-
 
 def cosine_to_query(z: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every token with token 0 (the query): [B, T, d] -> [B, T], column 0 = 1.
@@ -252,24 +229,6 @@ class CSAReranker(nn.Module):
             raise ValueError(f"affinity has {affinity.shape[-1]} anchors, not {self.config.anchors}")
         return self.projection_dropout(self.projection(self.input_dropout(affinity)))
 
-    def forward_bf16(self, affinity: torch.Tensor) -> torch.Tensor:
-        """Refined tokens for bf16 inference: affinity [B, T, L] -> z [B, T, d] float32.
-
-        The blocks run under bf16 autocast (their linear layers and attention in bf16); the affinities, the
-        input projection (2 % of the FLOPs at L = 512, d = 768) and the residual stream stay in fp32, and with
-        them the LayerNorms.  Rounding the affinities (cosines) to bf16 was the largest source of the
-        difference to fp32: bf16 keeps 8 bits of mantissa where the authors' fp16 autocast kept 11, and some
-        tokens whose residual stream nearly cancels amplify it.  The branch outputs added to the residual
-        stream are computed relative to the query's token (:func:`query_anchored_linear`), which halves the
-        order flips among the best candidates (docs/benchmarks.md, "Precision and mAP").
-        """
-        with torch.autocast(affinity.device.type, enabled=False):
-            x = self.embed(affinity.float())
-        with torch.autocast(affinity.device.type, dtype=torch.bfloat16):
-            for block in self.blocks:
-                x = block.forward_bf16(x)
-        return x
-
     def scores(self, affinity: torch.Tensor) -> torch.Tensor:
         """Re-ranking scores (Eq. 10): affinity [B, T, L] -> cos(z_0, z_j), j = 1..T-1, [B, T-1] float32."""
         return cosine_to_query(self(affinity))[:, 1:]
@@ -277,3 +236,36 @@ class CSAReranker(nn.Module):
     def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
         """Map refined tokens back to affinity space: z [B, T, d] -> [B, T, L]."""
         return self.reconstruction_head(z)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model files: ``{"config": asdict(CSAConfig), "state_dict": {name: tensor}}``, loadable with weights_only=True
+
+
+def save_model(model: CSAReranker, path: str | Path) -> None:
+    """Write ``model``'s config and weights (on the CPU) to ``path``, through a temporary name."""
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save({"config": asdict(model.config), "state_dict": state_dict}, temporary)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReranker:
+    """Load a model file written by :func:`save_model` (the training's ``model.pt``), in eval mode on ``device``.
+
+    Raises:
+        ValueError: naming ``path``, if the file is not a CSA model file or its weights do not fit its config.
+    """
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors of many kinds: report them all with the file name
+        raise ValueError(f"{path} is not a CSA model file (weights_only loading failed): {error}") from error
+    if not isinstance(content, dict) or set(content) != {"config", "state_dict"}:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path} is not a CSA model file: expected keys config, state_dict; found {found}")
+    try:
+        model = CSAReranker(CSAConfig(**content["config"]))
+        model.load_state_dict(content["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a valid CSA model file: {error}") from error
+    return model.to(device).eval()

@@ -18,12 +18,16 @@ their meta (precomputed whitening ``Lw``) are admitted through an explicit allow
 
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from csa_rerank.safe_pickle import NUMPY_GLOBALS
 
 ARCHITECTURES = ("resnet50", "resnet101", "resnet152", "vgg16")
 POOLINGS = ("gem", "mac", "spoc", "rmac")
@@ -204,20 +208,24 @@ def build_network(arch: str, pooling: str = "gem", gem_p: float = 3.0, seed: int
     return RetrievalNet(body, pool, dim)
 
 
-def _numpy_safe_globals() -> list:
-    """What a pickle needs to rebuild numeric numpy arrays and scalars, under numpy 1's and numpy 2's module names.
+def _numpy_safe_globals() -> list[tuple[object, str]]:
+    """:data:`csa_rerank.safe_pickle.NUMPY_GLOBALS` as ``torch.serialization.safe_globals`` takes them: (object,
+    "module.name") pairs.
 
     Old cirtorch checkpoints keep their precomputed whitening as numpy arrays in ``meta['Lw']``; pickles written
-    under numpy 1 name ``numpy.core.multiarray._reconstruct``, under numpy 2 ``numpy._core.multiarray._reconstruct``.
-    None of these can run code: they rebuild arrays of numeric dtypes (object arrays stay refused).
+    under numpy 1 name ``numpy.core.multiarray._reconstruct``, under numpy 2 ``numpy._core.multiarray._reconstruct``:
+    each name is admitted with the object of the installed numpy, so either loads under either numpy.
     """
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    allowed: list = [np.ndarray, np.dtype]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
-    numeric = "?bhilqBHILQefdgFDG"  # bool, signed and unsigned integers, floats, complex numbers
-    allowed += sorted({type(np.dtype(code)) for code in numeric}, key=lambda t: t.__name__)
+    allowed = []
+    for module, name in NUMPY_GLOBALS:
+        for alias in (module, module.replace("numpy._core", "numpy.core"), module.replace("numpy.core", "numpy._core")):
+            try:
+                with warnings.catch_warnings():  # numpy 2 warns that numpy.core is deprecated
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    allowed.append((getattr(importlib.import_module(alias), name), f"{module}.{name}"))
+                break
+            except (ImportError, AttributeError):  # the other numpy's module name, or a type it lacks
+                continue
     return allowed
 
 
@@ -330,3 +338,19 @@ def load_body_checkpoint(path, arch: str, pooling: str = "gem", gem_p: float = 3
             f"unexpected {sorted(unexpected)[:5]} ({len(unexpected)} in all)"
         )
     return net
+
+
+def build_configured_network(spec: dict, checkpoint: str | None = None, body_checkpoint: str | None = None):
+    """The network a config entry describes, with its input mean/std (None: ImageNet's) and checkpoint meta.
+
+    A cirtorch checkpoint (``checkpoint``), an ImageNet body with the configured pooling (``body_checkpoint``, the
+    off-the-shelf "[O]" networks), or random weights from ``seed``.
+    """
+    pooling = spec.get("pooling", "gem")
+    if checkpoint:
+        net, meta = load_cirtorch_network(checkpoint, spec["arch"], pooling, spec.get("whitening", False))
+        return net, meta.get("mean", None), meta.get("std", None), meta
+    if body_checkpoint:
+        return load_body_checkpoint(body_checkpoint, spec["arch"], pooling, spec.get("gem_p", 3.0)), None, None, {}
+    net = build_network(spec["arch"], pooling, spec.get("gem_p", 3.0), seed=spec["seed"])
+    return net, None, None, {}

@@ -6,7 +6,7 @@ Why: in eager mode a bf16 forward pass at K = 1024 on the 2-core benchmark machi
 Traced, frozen and handed to oneDNN Graph, the same model runs as fused partitions: every linear layer
 with prepacked bf16 weights, fc1 with its GELU, the whole attention of all heads (``Q K^T``, scale, softmax,
 ``P V``) as one oneDNN SDPA kernel, the LayerNorms, and each pair of residual adds: ~47 ms, 1.2x
-(docs/benchmarks.md).  What is traced is :meth:`CSAReranker.forward_bf16` (blocks in bf16, input projection
+(docs/benchmarks.md).  What is traced is :func:`csa_rerank.inference.forward_bf16` (blocks in bf16, input projection
 and residual stream in fp32, branch outputs relative to the query's token), so the scores are those of the
 eager bf16 path up to rounding.
 
@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
+from csa_rerank.inference import forward_bf16, precision_autocast_dtype
 from csa_rerank.model import CSAReranker
 
 log = logging.getLogger(__name__)
@@ -62,18 +63,18 @@ def onednn_fusion():
 
 
 class _ForwardBF16(torch.nn.Module):
-    """:meth:`CSAReranker.forward_bf16` as a module's forward, for tracing."""
+    """:func:`csa_rerank.inference.forward_bf16` as a module's forward, for tracing."""
 
     def __init__(self, model: CSAReranker):
         super().__init__()
         self.model = model
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_bf16(affinity)
+        return forward_bf16(self.model, affinity)
 
 
 class FusedBF16Encoder:
-    """A frozen, traced copy of :meth:`CSAReranker.forward_bf16`: affinity [B, T, L] -> z [B, T, d] float32.
+    """A frozen, traced copy of :func:`~csa_rerank.inference.forward_bf16`: affinity [B, T, L] -> z [B, T, d] float32.
 
     The trace records bf16 autocast's casts; freezing folds those of the weights, so the partitions hold bf16
     weights.  Any B and T (TorchScript re-specialises per shape; the first two calls with a new shape are slower).
@@ -119,3 +120,13 @@ def fused_bf16_encoder(model: CSAReranker) -> FusedBF16Encoder | None:
             log.warning("tracing the CSA model for oneDNN Graph failed (%s): eager bf16 instead", error)
     _CACHE[model] = (fingerprint, encoder)
     return encoder
+
+
+def fused_cpu_encoder(
+    model: CSAReranker, precision: str, device: torch.device, onednn_graph: bool = True
+) -> FusedBF16Encoder | None:
+    """The oneDNN Graph encoder that :func:`csa_rerank.rerank.csa_scores` runs for bf16 on the CPU; None where it
+    runs the eager model (other precisions and devices, ``onednn_graph=False``, or oneDNN Graph unavailable)."""
+    if onednn_graph and device.type == "cpu" and precision_autocast_dtype(precision, device) is torch.bfloat16:
+        return fused_bf16_encoder(model)
+    return None

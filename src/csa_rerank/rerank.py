@@ -3,47 +3,26 @@
 Arrays in, arrays out: scorers map affinity sequences [Q, K+1, L] (row 0 = the query, see
 :func:`csa_rerank.affinity.test_affinity`) to scores [Q, K]; :func:`rerank_topk` reorders the first K columns
 of a ranking [Q, N] by those scores and leaves the rest in first-round order, as in the authors' ``test.py``
-(no fusion with the first-round similarity, no query expansion).  Rankings here are query-major [Q, N], the
-transpose of cirtorch's [N, Q].
+(no fusion with the first-round similarity, no query expansion).  :func:`rerank_by_affinity` is the whole
+composition, descriptors -> affinity sequences -> scores -> new ranking, of every affinity-based re-ranker:
+CSA (:func:`csa_scores`, :mod:`csa_rerank.methods.csa`), CRL (:mod:`csa_rerank.methods.crl`) and the validation
+split (:mod:`csa_rerank.validation`).  Rankings here are query-major [Q, N], the transpose of cirtorch's [N, Q].
 """
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csa_rerank.affinity import test_affinity
+from csa_rerank.inference import forward_bf16, precision_autocast_dtype
+from csa_rerank.jobs import peak_rss_bytes
 from csa_rerank.model import CSAReranker, cosine_to_query
-from csa_rerank.onednn_graph import FusedBF16Encoder, fused_bf16_encoder
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def precision_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of a precision name on a device; None = plain fp32.
-
-    "auto" is fp16 on CUDA (as the authors ran) and bf16 on CPU, where fp16 matmuls are slow or unsupported.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return AUTOCAST_DTYPES[precision]
-
-
-def fused_cpu_encoder(
-    model: CSAReranker, precision: str, device: torch.device, onednn_graph: bool = True
-) -> FusedBF16Encoder | None:
-    """The oneDNN Graph encoder that :func:`csa_scores` runs for bf16 on the CPU; None where it runs the eager
-    model (other precisions and devices, ``onednn_graph=False``, or oneDNN Graph unavailable)."""
-    if onednn_graph and device.type == "cpu" and precision_autocast_dtype(precision, device) is torch.bfloat16:
-        return fused_bf16_encoder(model)
-    return None
+from csa_rerank.onednn_graph import fused_cpu_encoder
 
 
 def csa_scores(
@@ -63,7 +42,7 @@ def csa_scores(
         model: a :class:`CSAReranker` (moved to ``device`` if one is given, else used where it is).
         affinity: [Q, K+1, L] affinity sequences, row 0 = the query.
         precision: "auto" (fp16 autocast on CUDA, as the authors ran; bf16 on CPU), "bf16", "fp16" or "fp32".
-            bf16 runs :meth:`CSAReranker.forward_bf16` (input projection and residual stream in fp32).
+            bf16 runs :func:`csa_rerank.inference.forward_bf16` (input projection and residual stream in fp32).
         onednn_graph: bf16 on the CPU runs the model as fused oneDNN Graph partitions
             (:mod:`csa_rerank.onednn_graph`, ~1.2x faster) where it can, else eagerly.
     Returns:
@@ -87,7 +66,7 @@ def csa_scores(
                 if fused is not None:
                     z = fused(chunk)  # [b, K+1, d]
                 elif autocast_dtype is torch.bfloat16:
-                    z = model.forward_bf16(chunk)
+                    z = forward_bf16(model, chunk)
                 else:  # fp32, or fp16 autocast as the authors ran it
                     z = model(chunk)
                 scores[start : start + batch_size] = cosine_to_query(z)[:, 1:].cpu().numpy()  # [b, K] float32
@@ -131,10 +110,50 @@ def rerank_topk(ranks: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return reranked
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+Scorer = Callable[[torch.Tensor], np.ndarray]  # affinity [B, K+1, L] (row 0 = the query) -> scores [B, K]
+
+
+def affinity_scores(
+    query: torch.Tensor,
+    db: torch.Tensor,
+    ranks: np.ndarray | torch.Tensor,
+    K: int,
+    L: int,
+    scorer: Scorer,
+    batch_size: int,
+) -> np.ndarray:
+    """Scores of every query's top-K candidates by ``scorer`` on their affinity sequences (Eq. 1).
+
+    The sequences are built ``batch_size`` queries at a time, on the device of the descriptors, and handed to
+    ``scorer`` as they are (a scorer that runs elsewhere moves them).
+
+    Args:
+        query: [Q, D], db: [N, D] float32 descriptors (unit rows).
+        ranks: [Q, >= max(K, L-1)] first-round rankings (db indices, best first).
+    Returns:
+        [Q, K] float32 scores of ``ranks[:, :K]``, in that order.
+    """
+    width = max(K, L - 1)
+    scores = np.empty((len(query), K), dtype=np.float32)
+    for start in range(0, len(query), batch_size):
+        rows = slice(start, start + batch_size)
+        candidates = torch.as_tensor(ranks[rows, :width]).to(query.device, torch.int64)
+        scores[rows] = np.asarray(scorer(test_affinity(query[rows], db, candidates, K, L)))
+    return scores
+
+
+def rerank_by_affinity(
+    query: torch.Tensor,
+    db: torch.Tensor,
+    ranks: np.ndarray,
+    K: int,
+    L: int,
+    scorer: Scorer,
+    batch_size: int,
+) -> np.ndarray:
+    """Rankings [Q, N'] with each top-K block reordered by ``scorer``'s scores (:func:`affinity_scores`,
+    :func:`rerank_topk`); ``ranks`` [Q, N'] with N' >= max(K, L-1), the other arguments as there."""
+    return rerank_topk(ranks, affinity_scores(query, db, ranks, K, L, scorer, batch_size))
 
 
 def measure_latency(
@@ -164,28 +183,44 @@ def measure_latency(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_bytes()
 
-    def score_one_query() -> None:  # ends with the scores' copy to the host
+    def score_one_query(_: int) -> None:  # ends with the scores' copy to the host
         csa_scores(model, affinity, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
 
-    # An enclosing autocast region keeps the low-precision weight copies of the warm-up runs for the timed
-    # ones (csa_scores' own region nests inside it), as in a re-ranking run over many queries.
-    autocast_dtype = precision_autocast_dtype(precision, device)
-    times_ms = []
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for _ in range(warmup):
-            score_one_query()
-        for _ in range(repeats):
-            started = time.perf_counter()
-            score_one_query()
-            times_ms.append((time.perf_counter() - started) * 1000)
+    times_ms = time_calls(score_one_query, repeats, warmup, device, precision)
     if device.type == "cuda":
         peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mem_mb = _peak_rss_mb() - rss_before
+        peak_mem_mb = (peak_rss_bytes() - rss_before) / 2**20
     return {
         "median_ms": float(np.median(times_ms)),
         "p90_ms": float(np.percentile(times_ms, 90)),
         "peak_mem_mb": float(peak_mem_mb),
     }
+
+
+def time_calls(
+    call: Callable[[int], object], repeats: int, warmup: int, device: torch.device | str, precision: str = "auto"
+) -> list[float]:
+    """Wall-clock milliseconds of ``call(i)`` for i = 0 .. repeats-1, after untimed ``call(i)`` for
+    i = 0 .. warmup-1: the one timing loop of the re-ranking latencies.
+
+    All calls run in one enclosing autocast region of ``precision`` on ``device``, which keeps the low-precision
+    copies of the weights made in the warm-up for the timed calls (the region of :func:`csa_scores` nests inside
+    it), as in a run over many queries.  On CUDA every timed call starts on an idle device; ``call`` should end
+    with its result on the host.
+    """
+    device = torch.device(device)
+    autocast_dtype = precision_autocast_dtype(precision, device)
+    times_ms = []
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for i in range(warmup):
+            call(i)
+        for i in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            call(i)
+            times_ms.append((time.perf_counter() - started) * 1000)
+    return times_ms

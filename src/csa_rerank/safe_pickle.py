@@ -13,21 +13,34 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-# (module, name) pairs a numpy array or scalar needs to be rebuilt; nothing here can execute arbitrary code.
-_ALLOWED_GLOBALS = {
+from csa_rerank.atomic import atomic_path
+
+# numeric scalar types and the names of their dtype classes (numpy.dtypes: Float64DType, ...)
+_NUMERIC_TYPES = "bool bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64".split()
+_NUMERIC_TYPES += "float16 float32 float64 longdouble complex64 complex128 clongdouble".split()
+_NUMERIC_DTYPES = "Bool Int8 Int16 Int32 Int64 LongLong UInt8 UInt16 UInt32 UInt64 ULongLong".split()
+_NUMERIC_DTYPES += "Float16 Float32 Float64 LongDouble Complex64 Complex128 CLongDouble".split()
+
+# (module, name) of everything a pickle needs to rebuild numeric numpy arrays, scalars and dtypes, under numpy 1's
+# and numpy 2's module names (``numpy.core`` / ``numpy._core``).  None of them can run code: they rebuild arrays
+# of numeric dtypes (object arrays stay refused).  The one allow-list of numpy globals: this module's unpickler
+# admits these, and :func:`csa_rerank.networks.safe_torch_load` gives them to ``torch.load(weights_only=True)``.
+NUMPY_GLOBALS = (
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
-    ("numpy", "float32"),
-    ("numpy", "float64"),
-    ("numpy", "int64"),
-    ("numpy", "int32"),
-    ("numpy", "uint8"),
     ("numpy.core.numeric", "_frombuffer"),  # protocol-5 arrays
     ("numpy._core.numeric", "_frombuffer"),
+    *(("numpy", name) for name in _NUMERIC_TYPES),
+    *(("numpy.dtypes", f"{name}DType") for name in _NUMERIC_DTYPES),
+)
+
+# The numpy globals and the builtins that plain containers of such data need; nothing here can execute code.
+_ALLOWED_GLOBALS = {
+    *NUMPY_GLOBALS,
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "bytearray"),
@@ -84,8 +97,5 @@ def load(path: str | Path) -> Any:
 
 def dump(obj: Any, path: str | Path) -> None:
     """Write ``obj`` with pickle protocol 4 (the protocol the authors' code writes) via a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         pickle.dump(obj, handle, protocol=4)
-    tmp.replace(path)

@@ -7,6 +7,7 @@ every stage can be run and tested without Snakemake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -15,30 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, h5io
+from .atomic import atomic_path, write_json
 
 log = logging.getLogger("csa_rerank")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # extraction
-def build_configured_network(spec: dict, checkpoint: str | None = None, body_checkpoint: str | None = None):
-    """The network a config entry describes, with its input mean/std (None: ImageNet's) and checkpoint meta.
-
-    A cirtorch checkpoint (``checkpoint``), an ImageNet body with the configured pooling (``body_checkpoint``, the
-    off-the-shelf "[O]" networks), or random weights from ``seed``.
-    """
-    from .networks import build_network, load_body_checkpoint, load_cirtorch_network
-
-    pooling = spec.get("pooling", "gem")
-    if checkpoint:
-        net, meta = load_cirtorch_network(checkpoint, spec["arch"], pooling, spec.get("whitening", False))
-        return net, meta.get("mean", None), meta.get("std", None), meta
-    if body_checkpoint:
-        return load_body_checkpoint(body_checkpoint, spec["arch"], pooling, spec.get("gem_p", 3.0)), None, None, {}
-    net = build_network(spec["arch"], pooling, spec.get("gem_p", 3.0), seed=spec["seed"])
-    return net, None, None, {}
-
-
 def extract(
     kind: str,
     listing: str,
@@ -67,6 +51,7 @@ def extract(
     precomputed ``meta['Lw']`` of the network's checkpoint.
     """
     from .extract import IMAGENET_MEAN, IMAGENET_STD, extract_descriptors, multiscale_power, pick_device
+    from .networks import build_configured_network
 
     net, mean, std, meta = build_configured_network(network_spec, checkpoint, body_checkpoint)
     msp = multiscale_power(net) if settings["msp"] == "auto" else float(settings["msp"])
@@ -82,32 +67,8 @@ def extract(
         num_workers=settings["workers"],
     )
     log.info("network %s on %s, msp=%s, settings %s", network_name, device, msp, settings)
-    arrays = {}
-    if kind == "test":
-        gnd = datasets.load_ground_truth(listing)
-        db_paths, query_paths, bbxs = datasets.test_image_paths(Path(images).parent, gnd)
-        arrays["db"] = extract_descriptors(net, db_paths, desc="database", **common)
-        arrays["query"] = extract_descriptors(net, query_paths, bbxs=bbxs, desc="queries", **common)
-    elif kind == "distractors":
-        paths = datasets.distractor_image_paths(listing)
-        if n_images is not None and len(paths) != n_images:
-            raise datasets.DatasetFormatError(
-                f"{listing}: lists {len(paths)} images, but the workflow was planned for {n_images} "
-                "(datasets.distractor_images in the config): fix the count or the list"
-            )
-        start, stop = shard if shard is not None else (0, len(paths))
-        arrays["db"] = extract_descriptors(net, paths[start:stop], desc=f"distractors {start}-{stop}", **common)
-    elif kind == "whitening":
-        wdb = datasets.load_whitening_db(listing)
-        paths = [datasets.cid_path(images, cid) for cid in wdb["cids"]]
-        arrays["db"] = extract_descriptors(net, paths, desc="whitening set", **common)
-    elif kind == "training":
-        db = datasets.load_training_db(listing)
-        for split in ("train", "val"):
-            paths = [datasets.cid_path(images, cid) for cid in db[split]["cids"]]
-            arrays[split] = extract_descriptors(net, paths, desc=split, **common)
-    else:
-        raise ValueError(f"unknown dataset kind {kind!r}")
+    describe = functools.partial(extract_descriptors, net, **common)
+    arrays = _dataset_descriptors(kind, listing, images, describe, shard, n_images)
     method = network_spec.get("post_whitening", "none")
     if method != "none":
         multiscale = len(settings["scales"]) > 1
@@ -127,6 +88,34 @@ def extract(
         attrs.update(start=int(shard[0]), stop=int(shard[1]))
     h5io.write_arrays(out_path, arrays, attrs)
     log.info("wrote %s: %s", out_path, {k: v.shape for k, v in arrays.items()})
+
+
+def _dataset_descriptors(kind, listing, images, describe, shard, n_images) -> dict[str, np.ndarray]:
+    """The descriptor arrays of a dataset of ``kind`` (see :func:`extract`), named as in its file;
+    ``describe(paths, desc=..., bbxs=...)`` extracts those of a list of images."""
+    if kind == "test":
+        gnd = datasets.load_ground_truth(listing)
+        db_paths, query_paths, bbxs = datasets.test_image_paths(Path(images).parent, gnd)
+        return {"db": describe(db_paths, desc="database"), "query": describe(query_paths, bbxs=bbxs, desc="queries")}
+    if kind == "distractors":
+        paths = datasets.distractor_image_paths(listing)
+        if n_images is not None and len(paths) != n_images:
+            raise datasets.DatasetFormatError(
+                f"{listing}: lists {len(paths)} images, but the workflow was planned for {n_images} "
+                "(datasets.distractor_images in the config): fix the count or the list"
+            )
+        start, stop = shard if shard is not None else (0, len(paths))
+        return {"db": describe(paths[start:stop], desc=f"distractors {start}-{stop}")}
+    if kind == "whitening":
+        wdb = datasets.load_whitening_db(listing)
+        return {"db": describe([datasets.cid_path(images, cid) for cid in wdb["cids"]], desc="whitening set")}
+    if kind == "training":
+        db = datasets.load_training_db(listing)
+        return {
+            split: describe([datasets.cid_path(images, cid) for cid in db[split]["cids"]], desc=split)
+            for split in ("train", "val")
+        }
+    raise ValueError(f"unknown dataset kind {kind!r}")
 
 
 def _post_whitening_params(method, arrays, kind, listing, whitening_file, meta, multiscale, checkpoint):
@@ -198,15 +187,6 @@ def merge_shards(shard_files: list[str], out_path: str, n_images: int, block_row
 
 # --------------------------------------------------------------------------------------------------------------
 # first-round ranking
-def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
-    query = h5io.read_array(testset_file, "query")
-    db = h5io.read_array(testset_file, "db")
-    if distractors_file:
-        db = np.concatenate([db, h5io.read_array(distractors_file, "db")])
-    return query, db
-
-
 def knn(
     testset_file: str, distractors_file: str | None, out_path: str, memory_gb: float, top_scores: int = 2048
 ) -> None:
@@ -256,7 +236,7 @@ def affinity(testset_file: str, distractors_file: str | None, knn_file: str, K: 
 
     from .affinity import test_affinity
 
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = torch.as_tensor(h5io.read_array(knn_file, "ranks").astype(np.int64))
     if max(K, L - 1) > db.shape[0]:
         raise ValueError(f"K={K} / L={L} exceed the {db.shape[0]} database images of {testset_file}")
@@ -294,8 +274,7 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
     result = {**revisitop(ranks, gnd), **{k: float(v) for k, v in extra.items()}}
     # per query (csa_rerank.per_query): the metrics and the first results, for the analysis and Figure 3
     result |= {"per_query": per_query_table(ranks, gnd), "top": ranks[:, :TOP_SHOWN].tolist()}
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_path, result)
     log.info("%s: %s", out_path, {p: round(result[p]["mAP"], 2) for p in ("easy", "medium", "hard")})
     return result
 
@@ -318,49 +297,26 @@ def evaluate_val(
     (:mod:`csa_rerank.validation`).  ``K`` is capped at the number of other images.
     """
     from .extract import pick_device
-    from .rerank import csa_scores
-    from .training import load_model
+    from .methods import csa
     from .validation import evaluate_split
 
     device = pick_device(use_gpu)
-    model = load_model(model_file, device)
-    if model.config.anchors != L:
-        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, not L={L}")
+    model = csa.load(model_file, L, device)
     features = h5io.read_array(features_file, "val")
     clusters = np.asarray(datasets.load_training_db(db_file)["val"]["cluster"])
-
-    def scorer(affinity):
-        return csa_scores(
-            model, affinity, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
-        )
-
+    scorer = csa.scorer(model, precision, batch_size, onednn_graph, device)
     start = time.perf_counter()
     result = evaluate_split(features, clusters, K, L, scorer, batch_size=batch_size, device=device)
     if result["K"] != K:
         log.warning("K=%d exceeds the %d other images of the val split: K=%d", K, result["n_images"] - 1, result["K"])
     result["model"] = model_file
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_path, result)
     log.info(
         "%s: %d queries in %.1f s, mAP first round %.2f, CSA %.2f",
         out_path, result["n_queries"], time.perf_counter() - start,
         result["first_round"]["mAP"], result["rerank"]["mAP"],
     )  # fmt: skip
     return result
-
-
-# --------------------------------------------------------------------------------------------------------------
-# process settings
-def prepare_job(threads: int) -> None:
-    """Settings of a job that runs torch: the job's threads for torch's intra-op parallelism (Snakemake sets
-    OMP_NUM_THREADS to match), and an allocator that keeps freed memory for the next batch
-    (:mod:`csa_rerank.allocator`)."""
-    import torch
-
-    from .allocator import retain_freed_memory
-
-    torch.set_num_threads(max(1, int(threads)))
-    retain_freed_memory()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -401,82 +357,22 @@ def train(
         use_gpu=use_gpu,
     )
     start = time.perf_counter()
-    if processes > 1:
-        from .distributed import launch
+    from .distributed import launch, train_in_this_process
 
+    if processes > 1:
         launch(settings, processes, threads_per_process=max(1, threads // processes), log=log.info)
         final = run_dir / "model.pt"
         facts = json.loads((run_dir / "facts.json").read_text())
     else:
         final, facts = train_in_this_process(**settings)
     seconds = time.perf_counter() - start
-    shutil.copyfile(final, model_path)
-    shutil.copyfile(run_dir / "train_log.csv", log_csv)
+    for source, copy in ((final, model_path), (run_dir / "train_log.csv", log_csv)):
+        with atomic_path(copy) as temporary:
+            shutil.copyfile(source, temporary)
     plot_loss_curve(log_csv, curve_png)
     summary = {**facts, "processes": processes, "seconds_this_run": round(seconds, 2)}
-    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary_path, summary)
     return summary
-
-
-def train_in_this_process(
-    db_file: str,
-    feature_files: list[str],
-    neighbour_files: list[str],
-    reranker: dict,
-    training: dict,
-    run_dir: str,
-    use_gpu: bool = True,
-) -> tuple[Path, dict]:
-    """The training itself, in this process (alone, or as one process of a ``torch.distributed`` job).
-
-    Returns the path of the trained model (of the last checkpoint, for an unfinished run) and facts for the
-    summary; process 0 also writes these facts to ``run_dir/facts.json``.
-    """
-    import torch.distributed as dist
-
-    from .extract import pick_device
-    from .model import CSAConfig
-    from .training import TrainConfig, TrainingSamples
-    from .training import train as run_training
-
-    db = datasets.load_training_db(db_file)
-    clusters = np.asarray(db["train"]["cluster"])
-    features = [h5io.read_array(path, "train") for path in feature_files]
-    neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
-    samples = TrainingSamples(features, neighbours, [clusters] * len(features))
-    model_config = CSAConfig(**reranker)
-    settings = dict(training)
-    world_size = settings.pop("code_world_size", 1)
-    train_config = TrainConfig(**settings, world_size=world_size)
-    device = pick_device(use_gpu)
-    if device.type == "cuda" and dist.is_initialized():
-        device = torch_device_of_local_rank()
-    log.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
-    # Progress bars only in a single process: from torchrun workers the epoch lines are the progress report.
-    distributed = dist.is_initialized()
-    final = run_training(model_config, train_config, samples, run_dir, device, log=log.info, progress=not distributed)
-    facts = {
-        "n_samples": len(samples),
-        "n_backbones": len(features),
-        "n_images": int(len(clusters)),
-        "n_clusters": int(len(np.unique(clusters))),
-        "epochs": train_config.epochs,
-        "device": str(device),
-    }
-    if not distributed or dist.get_rank() == 0:
-        (Path(run_dir) / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
-    return final, facts
-
-
-def torch_device_of_local_rank():
-    """The CUDA device torchrun assigned to this process (``LOCAL_RANK``), made the current one."""
-    import os
-
-    import torch
-
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    torch.cuda.set_device(device)
-    return device
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -512,51 +408,31 @@ def rerank_csa(
 ) -> dict:
     """CSA re-ranking of every query's top-K block, plus the per-query latency and memory of Tables 1 and 6.
 
-    Latency: each of the first ``latency_queries`` queries is re-ranked alone, from its descriptors to its new
-    order (affinity, model, sort), after three warm-up queries; the median is reported.  Memory: what
+    The scores are those of :func:`csa_rerank.methods.csa.scores` on the descriptors, computed from the affinity
+    stage's sequences (the same sequences, built once) by the method's scorer.  Latency: each of the first
+    ``latency_queries`` queries is re-ranked alone by :func:`csa_rerank.methods.csa.rerank`, from its descriptors
+    to its new order (affinity, model, sort), after three warm-up queries; the median is reported.  Memory: what
     re-ranking needs resident, i.e. the database descriptors (the O(Nd) of Table 6), the model's parameters and
     the peak activation memory of one query.
     """
-    import torch
-
-    from .affinity import test_affinity
     from .extract import pick_device
-    from .rerank import csa_scores, fused_cpu_encoder, measure_latency, precision_autocast_dtype
-    from .training import load_model
+    from .methods import csa
+    from .onednn_graph import fused_cpu_encoder
+    from .rerank import measure_latency
 
     device = pick_device(use_gpu)
-    model = load_model(model_file, device)
     seq = h5io.read_array(affinity_file, "affinity")
     candidates = h5io.read_array(affinity_file, "candidates")
     K, L = candidates.shape[1], seq.shape[2]
-    if model.config.anchors != L:
-        raise ValueError(f"{model_file} was trained with L={model.config.anchors} anchors, {affinity_file} has L={L}")
-    scores = csa_scores(
-        model, seq, batch_size=batch_size, precision=precision, device=device, onednn_graph=onednn_graph
-    )
-
-    query, db = load_test_descriptors(testset_file, distractors_file)
+    model = csa.load(model_file, L, device)
+    scores = csa.scorer(model, precision, batch_size, onednn_graph, device)(seq)
+    query, db = h5io.load_test_descriptors(testset_file, distractors_file)
     ranks = h5io.read_array(knn_file, "ranks")
-    query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
     n_timed = min(latency_queries, len(query))
-    times = []
-    # One enclosing autocast region: the weights are cast to the low precision once, as in a run over all queries.
-    autocast_dtype = precision_autocast_dtype(precision, device)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for i in [0, 1, 2] + list(range(n_timed)):  # three warm-up queries, then the timed ones
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            row = torch.as_tensor(ranks[i : i + 1, : max(K, L - 1)].astype(np.int64), device=device)
-            one = test_affinity(query_t[i : i + 1], db_t, row, K, L)
-            s = csa_scores(model, one, batch_size=1, precision=precision, device=device, onednn_graph=onednn_graph)
-            np.argsort(-s, axis=1, kind="stable")
-            times.append(time.perf_counter() - start)
-    latency_ms = 1000.0 * float(np.median(times[3:]))
+    latency_ms = _csa_latency_ms(model, query, db, ranks, K, L, n_timed, precision, onednn_graph, device)
     one_query = measure_latency(model, K, L, device, precision, repeats=3, warmup=2, onednn_graph=onednn_graph)
-    peak = one_query["peak_mem_mb"]
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    memory_gb = (db.nbytes + params_bytes + peak * 2**20) / 2**30
+    memory_gb = (db.nbytes + params_bytes + one_query["peak_mem_mb"] * 2**20) / 2**30
     engine = "oneDNN Graph" if fused_cpu_encoder(model, precision, device, onednn_graph) is not None else "eager"
     attrs = {"method": "csa", "model": model_file, "K": K, "L": L, "precision": precision, "engine": engine,
              "latency_ms": latency_ms, "memory_gb": memory_gb, "device": str(device)}  # fmt: skip
@@ -564,3 +440,21 @@ def rerank_csa(
     log.info("K=%d L=%d: %.2f ms per query (median of %d, %s %s), %.3f GB",
              K, L, latency_ms, n_timed, engine, precision, memory_gb)  # fmt: skip
     return attrs
+
+
+def _csa_latency_ms(model, query, db, ranks, K, L, n_timed, precision, onednn_graph, device) -> float:
+    """Median wall-clock time of :func:`csa_rerank.methods.csa.rerank` on one query at a time (queries
+    0 .. n_timed-1 after queries 0, 1, 2 as warm-up), the descriptors on ``device``."""
+    import torch
+
+    from .methods import csa
+    from .rerank import time_calls
+
+    query_t, db_t = torch.as_tensor(query, device=device), torch.as_tensor(db, device=device)
+    width = max(K, L - 1)
+
+    def rerank_one(i: int) -> None:
+        csa.rerank(query_t[i : i + 1], db_t, ranks[i : i + 1, :width], model, K, L, precision, 1, onednn_graph, device)
+
+    times_ms = time_calls(rerank_one, n_timed, min(3, len(query)), device, precision)
+    return float(np.median(times_ms))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_path, write_text
+
 _T5_COLUMNS = [
     "ROxf Medium", "ROxf+R1M Medium", "RPar Medium", "RPar+R1M Medium",
     "ROxf Hard", "ROxf+R1M Hard", "RPar Hard", "RPar+R1M Hard",
@@ -181,8 +183,9 @@ def build(table: str, layout: dict) -> pd.DataFrame:
 
 def write(frame: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path) -> None:
     """CSV for machines, Markdown for people (empty cells where the paper has no matching row)."""
-    frame.to_csv(csv_path, index=False)
+    with atomic_path(csv_path) as temporary:
+        frame.to_csv(temporary, index=False)
     text = frame.astype(object).where(frame.notna(), "").to_markdown(index=False, floatfmt="g") + "\n"
     if frame.empty:
         text += "\nNo row of this table can be computed with the configured experiments.\n"
-    Path(markdown_path).write_text(text)
+    write_text(markdown_path, text)

@@ -12,8 +12,8 @@ is resumable: the full state is saved after every epoch, so a run can be cut int
 from __future__ import annotations
 
 import csv
+import functools
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from csa_rerank.affinity import train_affinity
-from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query
+from csa_rerank.atomic import atomic_path, save_figure
+from csa_rerank.model import CSAConfig, CSAReranker, cosine_to_query, save_model
 
 LR_RULES = ("code", "paper")
 RECON_LOSSES = ("distance", "squared")
@@ -179,6 +180,17 @@ class TrainConfig:
     def scaled_lr(self, lr: float) -> float:
         """``lr`` after the configured lr rule."""
         return learning_rate(lr, self.batch_size // self.world_size, self.lr_rule)
+
+    def schedule(self, steps_per_epoch: int) -> Callable[[int], float]:
+        """The learning rate of each iteration (:func:`warmup_cosine` over the whole run, after the lr rule)."""
+        return functools.partial(
+            warmup_cosine,
+            total_steps=self.epochs * steps_per_epoch,
+            warmup_steps=self.warmup_epochs * steps_per_epoch,
+            base_lr=self.scaled_lr(self.lr),
+            warmup_lr=self.scaled_lr(self.warmup_lr),
+            final_lr=self.scaled_lr(self.final_lr),
+        )
 
 
 def paper_preset() -> tuple[CSAConfig, TrainConfig]:
@@ -348,31 +360,185 @@ def _set_rng_state(state: dict, sampler: torch.Generator) -> None:
 
 
 def _save_atomically(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name, then rename, so a killed run never leaves a truncated file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    """torch.save through a temporary name, so a killed run never leaves a truncated file."""
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
-def _truncate_log(log_csv: Path, last_epoch: int) -> None:
-    """Drop the log rows of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+def _log_rows(log_csv: Path) -> list[dict]:
     if not log_csv.exists():
-        return
+        return []
     with log_csv.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
-    with log_csv.open("w", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_log(log_csv: Path, rows: list[dict]) -> None:
+    """The whole log, rewritten through a temporary name (one row per epoch: a few kB at most)."""
+    with atomic_path(log_csv) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
+def _truncate_log(log_csv: Path, last_epoch: int) -> None:
+    """Drop the log rows of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+    if log_csv.exists():
+        _write_log(log_csv, [row for row in _log_rows(log_csv) if int(row["epoch"]) <= last_epoch])
+
+
 def _append_log(log_csv: Path, row: dict) -> None:
-    new_file = not log_csv.exists()
-    with log_csv.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
+    _write_log(log_csv, [*_log_rows(log_csv), row])
+
+
+@dataclass
+class _Run:
+    """What a training run updates: the model, its training forward (DDP-wrapped with several processes), the
+    optimiser, the AMP grad scaler and the generator of the batch order (the same in every process)."""
+
+    model: CSAReranker
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: torch.Generator
+
+    def checkpoint(self, configs: dict, epoch: int, step: int, rng_states: list[dict]) -> dict:
+        """The full state after ``epoch`` epochs (``step`` iterations), ``rng_states`` one entry per process."""
+        return {
+            "configs": configs,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "rng": rng_states,
+        }
+
+
+def _start_run(model_config: CSAConfig, train_config: TrainConfig, device: torch.device) -> _Run:
+    """A fresh run: every random stream seeded with ``train_config.seed``, the same initial weights in every
+    process, then a dropout stream of each process's own (``seed + rank``)."""
+    rank, processes = _process_group()
+    random.seed(train_config.seed)
+    np.random.seed(train_config.seed)
+    torch.manual_seed(train_config.seed)
+    sampler = torch.Generator().manual_seed(train_config.seed)  # the same batch order in every process
+    model = CSAReranker(model_config).to(device)  # the same initial weights in every process
+    torch.manual_seed(train_config.seed + rank)  # but a dropout stream of its own
+    forward = _TrainingForward(model)
+    if processes > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    groups = parameter_groups(model, train_config.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=train_config.momentum, nesterov=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=train_config.amp and device.type == "cuda")
+    return _Run(model, forward, optimizer, scaler, sampler)
+
+
+def _restore(run: _Run, out_dir: Path, configs: dict, seed: int, log: Callable[[str], None]) -> tuple[int, int]:
+    """Load the checkpoint of ``out_dir`` into ``run`` if it was saved with the same configurations; returns the
+    (epoch, step) to continue from, (0, 0) for a fresh start (whose stale log process 0 deletes)."""
+    rank, processes = _process_group()
+    checkpoint_path, log_csv = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
+    start_epoch, step = 0, 0
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if checkpoint["configs"] == configs:
+            run.model.load_state_dict(checkpoint["model"])
+            run.optimizer.load_state_dict(checkpoint["optimizer"])
+            if checkpoint["scaler"]:  # empty when saved without AMP
+                run.scaler.load_state_dict(checkpoint["scaler"])
+            start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+            rng_states = checkpoint["rng"]
+            if len(rng_states) == processes:
+                _set_rng_state(rng_states[rank], run.sampler)
+            else:  # the batches stay those of an uninterrupted run; only the dropout draws change
+                _set_rng_state(rng_states[0], run.sampler)
+                torch.manual_seed(seed + rank + 1000 * start_epoch)
+                log(
+                    f"{checkpoint_path} was saved by {len(rng_states)} processes, resuming with {processes}: "
+                    "dropout random streams are re-seeded, so weights will differ from an uninterrupted run"
+                )
+            if rank == 0:
+                _truncate_log(log_csv, start_epoch)
+            log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+        else:
+            log(f"{checkpoint_path} was saved with other configurations; starting from scratch")
+    if start_epoch == 0 and rank == 0:
+        log_csv.unlink(missing_ok=True)
+    return start_epoch, step
+
+
+def train_one_epoch(
+    run: _Run,
+    samples: TrainingSamples,
+    lr_at: Callable[[int], float],
+    step: int,
+    epoch: int,
+    model_config: CSAConfig,
+    train_config: TrainConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[list[float], float]:
+    """One pass over shuffled global batches, from iteration ``step`` (learning rate ``lr_at(step)``).
+
+    Process r of P computes its slice of each global batch; the losses are averaged over the epoch's iterations
+    and the processes.  Returns the means (contrastive, reconstruction, total) and the last learning rate.
+    """
+    rank, processes = _process_group()
+    local_batch = train_config.batch_size // processes
+    steps_per_epoch = len(samples) // train_config.batch_size
+    K, L = train_config.K_train, model_config.anchors
+    use_amp = train_config.amp and device.type == "cuda"
+    run.model.train()
+    order = torch.randperm(len(samples), generator=run.sampler)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # contrastive, reconstruction, total
+    bar = tqdm(range(steps_per_epoch), f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress or rank > 0)
+    for i in bar:
+        lr = lr_at(step + i)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        first = i * train_config.batch_size + rank * local_batch
+        affinity, labels = samples.batch(order[first : first + local_batch], K, L, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            z, recon = run.forward(affinity)
+        contrastive = contrastive_loss(z, labels, model_config.temperature, train_config.include_query)
+        reconstruction = reconstruction_loss(affinity, recon, train_config.recon_loss)
+        loss = contrastive + train_config.recon_weight * reconstruction
+        # With AMP the grad scaler skips steps with inf/NaN gradients (as in the code); without it, stop.
+        if not use_amp and not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step + i}")
+
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if train_config.clip_grad_norm > 0:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), train_config.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+
+        sums += torch.stack([contrastive.detach(), reconstruction.detach(), loss.detach()]).double()
+        if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+            bar.set_postfix(loss=f"{sums[2].item() / (i + 1):.4f}", lr=f"{lr:.2e}")
+    if processes > 1:  # the means over the global batches
+        dist.all_reduce(sums)
+        sums /= processes
+    return (sums / steps_per_epoch).tolist(), lr
+
+
+def _save_checkpoint(run: _Run, out_dir: Path, configs: dict, epoch: int, step: int, row: dict) -> None:
+    """Process 0 appends the epoch's log row and saves the full state, random streams of every process
+    included; every process waits until the checkpoint is complete."""
+    rank, processes = _process_group()
+    rng_states = [_rng_state(run.sampler)]
+    if processes > 1:
+        rng_states = [None] * processes
+        dist.all_gather_object(rng_states, _rng_state(run.sampler))
+    if rank == 0:
+        _append_log(out_dir / LOG_NAME, row)
+        _save_atomically(run.checkpoint(configs, epoch, step, rng_states), out_dir / CHECKPOINT_NAME)
+    if processes > 1:
+        dist.barrier()  # the checkpoint is complete before any process goes on (or returns)
 
 
 def train(
@@ -390,10 +556,10 @@ def train(
 
     SGD with momentum on :func:`parameter_groups`, per-iteration :func:`warmup_cosine` learning rate, shuffled
     batches (drop_last) from a generator seeded with ``train_config.seed``, fp16 AMP on CUDA.  After every
-    epoch the full state goes to ``out_dir/checkpoint-last.pt`` and one row to ``out_dir/train_log.csv``.  A
-    call finding a checkpoint saved with the same configurations continues from it, so a run killed or stopped
-    early (``until_epoch``) and started again ends with the same weights as an uninterrupted one (bit-exact on
-    CPU).
+    epoch (:func:`train_one_epoch`) the full state goes to ``out_dir/checkpoint-last.pt`` and one row to
+    ``out_dir/train_log.csv``.  A call finding a checkpoint saved with the same configurations continues from
+    it, so a run killed or stopped early (``until_epoch``) and started again ends with the same weights as an
+    uninterrupted one (bit-exact on CPU).
 
     With P processes, process r computes samples [r B/P, (r+1) B/P) of each global batch of B and DDP averages
     the gradients; the losses are means over samples, so this is the single-process update up to float
@@ -410,109 +576,23 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    checkpoint_path, log_csv = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     configs = {"model_config": asdict(model_config), "train_config": asdict(train_config)}
-
     rank, processes = _process_group()
     if train_config.batch_size % processes != 0:
         raise ValueError(f"batch_size={train_config.batch_size} is not divisible by {processes} processes")
-    local_batch = train_config.batch_size // processes
-
-    random.seed(train_config.seed)
-    np.random.seed(train_config.seed)
-    torch.manual_seed(train_config.seed)
-    sampler = torch.Generator().manual_seed(train_config.seed)  # the same batch order in every process
-
-    model = CSAReranker(model_config).to(device)  # the same initial weights in every process
-    torch.manual_seed(train_config.seed + rank)  # but a dropout stream of its own
-    forward = _TrainingForward(model)
-    if processes > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    groups = parameter_groups(model, train_config.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=train_config.momentum, nesterov=False)
-    use_amp = train_config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
+    run = _start_run(model_config, train_config, device)
     steps_per_epoch = len(samples) // train_config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(samples)} samples give no full batch of {train_config.batch_size}")
-    total_steps = train_config.epochs * steps_per_epoch
-    warmup_steps = train_config.warmup_epochs * steps_per_epoch
-    base_lr, warmup_lr, final_lr = (
-        train_config.scaled_lr(lr) for lr in (train_config.lr, train_config.warmup_lr, train_config.final_lr)
-    )
-
-    start_epoch, step = 0, 0
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint["configs"] == configs:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if checkpoint["scaler"]:  # empty when saved without AMP
-                scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-            rng_states = checkpoint["rng"]
-            if len(rng_states) == processes:
-                _set_rng_state(rng_states[rank], sampler)
-            else:  # the batches stay those of an uninterrupted run; only the dropout draws change
-                _set_rng_state(rng_states[0], sampler)
-                torch.manual_seed(train_config.seed + rank + 1000 * start_epoch)
-                log(
-                    f"{checkpoint_path} was saved by {len(rng_states)} processes, resuming with {processes}: "
-                    "dropout random streams are re-seeded, so weights will differ from an uninterrupted run"
-                )
-            if rank == 0:
-                _truncate_log(log_csv, start_epoch)
-            log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
-        else:
-            log(f"{checkpoint_path} was saved with other configurations; starting from scratch")
-    if start_epoch == 0 and rank == 0:
-        log_csv.unlink(missing_ok=True)
-
+    start_epoch, step = _restore(run, out_dir, configs, train_config.seed, log)
     samples = samples.to(device)
-    K, L = train_config.K_train, model_config.anchors
+    lr_at = train_config.schedule(steps_per_epoch)
     stop_epoch = train_config.epochs if until_epoch is None else min(until_epoch, train_config.epochs)
     for epoch in range(start_epoch, stop_epoch):
-        model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(samples), generator=sampler)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # contrastive, reconstruction, total
-        bar = tqdm(range(steps_per_epoch), f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress or rank > 0)
-        for i in bar:
-            lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, warmup_lr, final_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            first = i * train_config.batch_size + rank * local_batch
-            affinity, labels = samples.batch(order[first : first + local_batch], K, L, device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                z, recon = forward(affinity)
-            contrastive = contrastive_loss(z, labels, model_config.temperature, train_config.include_query)
-            reconstruction = reconstruction_loss(affinity, recon, train_config.recon_loss)
-            loss = contrastive + train_config.recon_weight * reconstruction
-            # With AMP the grad scaler skips steps with inf/NaN gradients (as in the code); without it, stop.
-            if not use_amp and not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step}")
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train_config.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-
-            sums += torch.stack([contrastive.detach(), reconstruction.detach(), loss.detach()]).double()
-            if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
-                bar.set_postfix(loss=f"{sums[2].item() / (i + 1):.4f}", lr=f"{lr:.2e}")
-
-        if processes > 1:  # log the means over the global batches
-            dist.all_reduce(sums)
-            sums /= processes
+        means, lr = train_one_epoch(run, samples, lr_at, step, epoch, model_config, train_config, device, progress)
+        step += steps_per_epoch
         seconds = time.perf_counter() - started
-        means = (sums / steps_per_epoch).tolist()
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -522,63 +602,19 @@ def train(
             "seconds": seconds,
             "samples_per_s": steps_per_epoch * train_config.batch_size / seconds,
         }
-        rng_states = [_rng_state(sampler)]
-        if processes > 1:
-            rng_states = [None] * processes
-            dist.all_gather_object(rng_states, _rng_state(sampler))
-        if rank == 0:
-            _append_log(log_csv, row)
-            _save_atomically(
-                {
-                    "configs": configs,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "rng": rng_states,  # one entry per process
-                },
-                checkpoint_path,
-            )
-        if processes > 1:
-            dist.barrier()  # the checkpoint is complete before any process goes on (or returns)
+        _save_checkpoint(run, out_dir, configs, epoch + 1, step, row)
         log(
             f"epoch {epoch + 1}/{train_config.epochs}: loss {means[2]:.4f} (contrastive {means[0]:.4f}, "
             f"reconstruction {means[1]:.4f}), lr {lr:.3e}, {seconds:.1f} s"
         )
-
     if stop_epoch < train_config.epochs:
-        return checkpoint_path
-    model_path = out_dir / MODEL_NAME
+        return out_dir / CHECKPOINT_NAME
     if rank == 0:
-        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-        _save_atomically({"config": asdict(model_config), "state_dict": state_dict}, model_path)
-        log(f"wrote {model_path}")
+        save_model(run.model, out_dir / MODEL_NAME)
+        log(f"wrote {out_dir / MODEL_NAME}")
     if processes > 1:
         dist.barrier()
-    return model_path
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> CSAReranker:
-    """Load a model written by :func:`train` (``model.pt``), in eval mode on ``device``.
-
-    Raises:
-        ValueError: naming ``path``, if the file is not a CSA model file or its weights do not fit its config.
-    """
-    path = Path(path)
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors of many kinds: report them all with the file name
-        raise ValueError(f"{path} is not a CSA model file (weights_only loading failed): {error}") from error
-    if not isinstance(content, dict) or set(content) != {"config", "state_dict"}:
-        found = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path} is not a CSA model file: expected keys config, state_dict; found {found}")
-    try:
-        model = CSAReranker(CSAConfig(**content["config"]))
-        model.load_state_dict(content["state_dict"], strict=True)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path} is not a valid CSA model file: {error}") from error
-    return model.to(device).eval()
+    return out_dir / MODEL_NAME
 
 
 def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
@@ -597,4 +633,4 @@ def plot_loss_curve(log_csv: str | Path, png_path: str | Path) -> None:
     lrs.plot(log["epoch"], log["lr"])
     lrs.set(xlabel="epoch", ylabel="learning rate (last iteration)", title="learning rate")
     lrs.grid(True)
-    figure.savefig(png_path, dpi=100)
+    save_figure(figure, png_path, dpi=100)

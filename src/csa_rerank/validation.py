@@ -5,7 +5,7 @@ Here that split is rSfM120k's own ``val`` (whole clusters = 3D models the traini
 is a query against the *other* val images (itself left out, as a test query is not part of its database), and
 its positives are the images of its cluster.  The first round ranks by inner product of the descriptors; CSA then
 re-orders the top-K block exactly as at test time (affinity sequences of Eq. 1 with the query as token and anchor
-0, :func:`csa_rerank.rerank.rerank_topk`).  AP is exact: each query's whole ranking is scored, with revisitop's
+0, :func:`csa_rerank.rerank.rerank_by_affinity`).  AP is exact: each query's whole ranking is scored, with revisitop's
 trapezoidal AP (:func:`csa_rerank.evaluate.query_metrics`) and no junk images.
 """
 
@@ -16,9 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .affinity import test_affinity
 from .evaluate import KAPPAS, query_metrics
-from .rerank import rerank_topk
+from .rerank import rerank_by_affinity
 
 
 def rank_others(features: torch.Tensor, rows: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -98,11 +97,8 @@ def evaluate_split(
         rows = np.arange(start, min(start + batch_size, n))
         ranks = rank_others(features, rows)  # [B, N-1]
         first_round += cluster_metrics(ranks, rows, clusters)
-        rows_t = torch.as_tensor(rows, device=device)
-        ranks_t = torch.as_tensor(ranks[:, : max(K, L - 1)], device=device)
-        affinity = test_affinity(features[rows_t], features, ranks_t, K, L)
-        scores = np.asarray(scorer(affinity))
-        reranked += cluster_metrics(rerank_topk(ranks, scores), rows, clusters)
+        query = features[torch.as_tensor(rows, device=device)]
+        reranked += cluster_metrics(rerank_by_affinity(query, features, ranks, K, L, scorer, len(rows)), rows, clusters)
     return {
         "first_round": summarise(first_round),
         "rerank": summarise(reranked),

@@ -1,9 +1,9 @@
 """Snakemake script: affinity sequences of a test set's queries for one (K, L)."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.affinity(
     snakemake.input.testset,
     snakemake.input.get("distractors"),

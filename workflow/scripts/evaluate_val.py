@@ -1,9 +1,9 @@
 """Snakemake script: first-round and CSA mAP of one model on the training set's val split (supplementary Fig. 1)."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.evaluate_val(
     features_file=snakemake.input.features,
     db_file=snakemake.input.db,

@@ -1,9 +1,9 @@
 """Snakemake script: descriptors of one dataset (or one shard of the distractors) with one network."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.extract(
     kind=snakemake.params.kind,
     listing=snakemake.input.listing,

@@ -1,9 +1,9 @@
 """Snakemake script: fit a learned compared method (LAttQE, CRL) on the training split."""
 
-from csa_rerank import compare, logs, stages
+from csa_rerank import compare, jobs, logs
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 compare.fit_method(
     method=snakemake.params.method,
     db_file=snakemake.input.db,

@@ -1,9 +1,9 @@
 """Snakemake script: whole-database first-round ranking of a test set (with distractors when it has them)."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.knn(
     snakemake.input.testset,
     snakemake.input.get("distractors"),

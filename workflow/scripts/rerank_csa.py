@@ -1,9 +1,9 @@
 """Snakemake script: CSA re-ranking of the top-K block, with measured per-query latency and memory."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.rerank_csa(
     affinity_file=snakemake.input.affinity,
     model_file=snakemake.input.model,

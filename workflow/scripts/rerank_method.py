@@ -1,9 +1,9 @@
 """Snakemake script: re-rank the first-round lists of a (test set, network) with a compared method."""
 
-from csa_rerank import compare, logs, stages
+from csa_rerank import compare, jobs, logs
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 images = None
 if snakemake.params.dsm:
     images = {

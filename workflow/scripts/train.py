@@ -1,9 +1,9 @@
 """Snakemake script: train one CSA re-ranker (resumes from the last epoch checkpoint of an interrupted run)."""
 
-from csa_rerank import logs, stages
+from csa_rerank import jobs, logs, stages
 
 log = logs.setup(snakemake.log[0])
-stages.prepare_job(snakemake.threads)
+jobs.prepare_job(snakemake.threads)
 stages.train(
     db_file=snakemake.input.db,
     feature_files=list(snakemake.input.features),

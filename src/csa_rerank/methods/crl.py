@@ -43,9 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from csa_rerank.affinity import test_affinity
 from csa_rerank.methods._common import as_tensor, fitted_weights, train_minibatches
-from csa_rerank.rerank import rerank_topk
+from csa_rerank.rerank import rerank_by_affinity
 from csa_rerank.training import TrainingSamples
 
 
@@ -150,16 +149,10 @@ def rerank(
         [Q, N'] re-ranked lists.
     """
     model = load(weights)
-    query, db, ranks_t = as_tensor(query), as_tensor(db), torch.as_tensor(ranks)
-    K = min(K, ranks_t.shape[1])
-    scores = torch.cat(
-        [
-            model(
-                test_affinity(
-                    query[start : start + batch_size], db, ranks_t[start : start + batch_size], K, model.config.anchors
-                )
-            )
-            for start in range(0, len(query), batch_size)
-        ]
-    )
-    return rerank_topk(np.asarray(ranks), scores.numpy())
+    ranks = np.asarray(ranks)
+    K = min(K, ranks.shape[1])
+
+    def relevance(affinity: torch.Tensor) -> np.ndarray:  # [B, K+1, L] -> [B, K]
+        return model(affinity).numpy()
+
+    return rerank_by_affinity(as_tensor(query), as_tensor(db), ranks, K, model.config.anchors, relevance, batch_size)

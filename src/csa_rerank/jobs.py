@@ -1,0 +1,32 @@
+"""What a pipeline job sets in its own process, and what it measures of it.
+
+Every workflow script that runs torch starts with :func:`prepare_job`; the re-ranking stages report the memory
+they used with :func:`peak_rss_bytes`.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+
+def prepare_job(threads: int) -> None:
+    """Settings of a job that runs torch: the job's threads for torch's intra-op parallelism (Snakemake sets
+    OMP_NUM_THREADS to match), and an allocator that keeps freed memory for the next batch
+    (:mod:`csa_rerank.allocator`)."""
+    import torch
+
+    from .allocator import retain_freed_memory
+
+    torch.set_num_threads(max(1, int(threads)))
+    retain_freed_memory()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes (``ru_maxrss`` is KiB on Linux, bytes on macOS).
+
+    A high-water mark: it cannot be reset, so the growth over a phase of the process underestimates that phase's
+    own use (0 at worst) when an earlier phase used more.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
