@@ -1,8 +1,9 @@
 """The modules of ``src/csa_rerank`` import each other without a cycle, at module level or inside functions.
 
-The graph is read from the source with :mod:`ast` (nothing is imported): an edge A -> B for every ``import B``,
-``from B import x`` or relative import in A, at any depth, plus A -> B.x when ``x`` is itself a module.  An
-import of a package that contains A (its own ``__init__``, already being imported) is not an edge.  Run::
+The graph is :func:`csa_rerank.code_version.import_graph`, read from the source with :mod:`ast` (nothing is
+imported): an edge A -> B for every ``import B``, ``from B import x`` or relative import in A, at any depth, plus
+A -> B.x when ``x`` is itself a module; not the imports under ``if TYPE_CHECKING:``, which never run, nor those of
+a package that contains A (its own ``__init__``, already being imported).  Run::
 
     python -m pytest -q tests/test_imports.py      # the check
     python tests/test_imports.py                    # prints the graph's edges and any cycle
@@ -10,51 +11,9 @@ import of a package that contains A (its own ``__init__``, already being importe
 
 from __future__ import annotations
 
-import ast
 import sys
-from pathlib import Path
 
-PACKAGE = "csa_rerank"
-SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
-
-
-def module_files(root: Path = SOURCE) -> dict[str, Path]:
-    """{dotted module name: file} of every module of the package (packages as their ``__init__``)."""
-    modules = {}
-    for path in sorted(root.rglob("*.py")):
-        parts = list(path.relative_to(root.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        modules[".".join(parts)] = path
-    return modules
-
-
-def imported_names(module: str, path: Path) -> set[str]:
-    """Dotted names of everything ``module`` imports anywhere in its file (candidate modules, not yet filtered)."""
-    is_package = path.name == "__init__.py"
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from the module's package, one level up per extra dot
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
-            else:
-                base = node.module
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def import_graph() -> dict[str, set[str]]:
-    """{module: the package's modules it imports}, without imports of its own enclosing packages."""
-    modules = module_files()
-    graph = {}
-    for module, path in modules.items():
-        ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
-        graph[module] = {n for n in imported_names(module, path) if n in modules and n != module} - ancestors
-    return graph
+from csa_rerank.code_version import import_graph
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -87,11 +46,20 @@ def test_the_graph_sees_module_level_function_level_and_relative_imports():
     assert "csa_rerank.methods" not in graph["csa_rerank.methods.crl"]  # its own package
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert "csa_rerank.plan.core" not in graph["csa_rerank.plan.tables"]  # under "if TYPE_CHECKING:" only
 
 
 def test_no_import_cycle_in_the_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_package_index_names_every_module():
+    import csa_rerank
+    from csa_rerank.code_version import package_modules
+
+    top_level = [module for module in package_modules() if module.count(".") == 1]
+    assert [m for m in top_level if f":mod:`{m}`" not in csa_rerank.__doc__] == []
 
 
 if __name__ == "__main__":

@@ -60,14 +60,16 @@ def _imported_modules(node: ast.AST, module: str) -> set[str]:
 
 
 def _top_level(tree: ast.Module):
-    """The statements of a module outside any function or class body (``if`` and ``try`` blocks included)."""
+    """The statements a module runs when imported: outside any function or class body (``if`` and ``try`` blocks
+    included), and not under ``if TYPE_CHECKING:`` (imports for annotations only)."""
     pending = list(tree.body)
     while pending:
         statement = pending.pop()
         if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
         yield statement
-        for field in ("body", "orelse", "finalbody", "handlers"):
+        type_checking = isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test)
+        for field in ("orelse",) if type_checking else ("body", "orelse", "finalbody", "handlers"):
             pending.extend(getattr(statement, field, []))
 
 
@@ -107,6 +109,25 @@ def _function_imports(module: str) -> set[str]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             imports |= _imported_modules(node, module)
     return imports
+
+
+def package_modules() -> list[str]:
+    """Every module of the package (packages by the name of their ``__init__``)."""
+    names = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        parts = [PACKAGE, *path.relative_to(PACKAGE_ROOT).with_suffix("").parts]
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the package modules it imports at run time, at module level or in a function}, leaving out the
+    packages that enclose it (already being imported when it is)."""
+    graph = {}
+    for module in package_modules():
+        enclosing = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+        graph[module] = (_imported_modules(_tree(module), module) | _function_imports(module)) - enclosing - {module}
+    return graph
 
 
 def function_closure(module: str, function: str) -> frozenset[str]:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 KAPPAS = (1, 5, 10)
+TOP_SHOWN = 20  # first results of each query kept in an evaluation file, for the pictures (csa_rerank.per_query)
 PROTOCOLS = ("easy", "medium", "hard")
 
 

@@ -2,7 +2,8 @@
 
 Every evaluation file (:func:`csa_rerank.stages.evaluate`) holds, beside the means, the AP and P@k of every query
 under each protocol (``per_query``, None for a query without positives) and the ids of its first
-:data:`TOP_SHOWN` results (``top``).  From the first round's file and a method's file of the same test set:
+:data:`csa_rerank.evaluate.TOP_SHOWN` results (``top``).  From the first round's file and a method's file of the
+same test set:
 
 - :func:`method_table`: one row per query, AP and P@k before and after (the CSV per method; the mean of a column
   is the mAP of the method's row in the tables);
@@ -21,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import datasets, qualitative
+from .atomic import atomic_path, save_figure
 
-TOP_SHOWN = 20
 PROTOCOL_LABELS = {"easy": "Easy", "medium": "Medium", "hard": "Hard"}
 
 
@@ -89,7 +90,7 @@ def scatter(tables: dict[str, pd.DataFrame], png: str | Path, title: str, protoc
     figure.supxlabel(f"AP before (first round), {column} (%)")
     figure.supylabel(f"AP after, {column} (%)")
     figure.suptitle(title)
-    figure.savefig(png, dpi=100)
+    save_figure(figure, png, dpi=100)
 
 
 def _query_group(gnd: dict, paths: dict, q: int, rankings: list[tuple[str, dict]], protocol: str, title: str):
@@ -144,9 +145,10 @@ def figure3(
             for rank, (path, label) in enumerate(row["ranked"][:shown], start=1):
                 record[f"image {rank}"], record[f"label {rank}"] = Path(path).stem, label
             records.append(record)
-    qualitative.draw_groups(groups).save(out_png)
+    with atomic_path(out_png) as temporary:
+        qualitative.draw_groups(groups).save(temporary, format="PNG")
     table = pd.DataFrame(records)
-    table.to_csv(out_csv, index=False, float_format="%.2f")
+    _write_csv(table, out_csv, float_format="%.2f")
     return table
 
 
@@ -177,7 +179,7 @@ def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv
     """The per-query CSV of one method on one evaluation set (:func:`method_table`)."""
     names = datasets.load_ground_truth(gnd_file)["qimlist"]
     table = method_table(read_evaluation(before_file), read_evaluation(after_file), names)
-    table.to_csv(out_csv, index=False)  # full precision: the figure's selection can be checked from it
+    _write_csv(table, out_csv)  # full precision: the figure's selection can be checked from it
     return table
 
 
@@ -186,4 +188,9 @@ def write_summary(method_tables: dict[str, str], scatter_png: str, help_hurt_csv
     (method label -> file)."""
     tables = {label: pd.read_csv(path, dtype={"name": str}) for label, path in method_tables.items()}
     scatter(tables, scatter_png, title)
-    help_hurt(tables).to_csv(help_hurt_csv, index=False)
+    _write_csv(help_hurt(tables), help_hurt_csv)
+
+
+def _write_csv(table: pd.DataFrame, path: str, **options) -> None:
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False, **options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,9 +177,14 @@ def gallery_html(title: str, entries: list[dict]) -> str:
 
 
 def write_gallery(folder: str | Path, title: str, groups: list[dict], entries: list[dict]) -> None:
-    """One picture per query (``groups[i]`` drawn alone as ``entries[i]["picture"]``) and ``index.html``."""
+    """One picture per query (``groups[i]`` drawn alone as ``entries[i]["picture"]``) and ``index.html``, built in
+    ``<folder>.part`` and renamed to ``folder`` when complete."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder.with_name(folder.name + ".part")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
     for group, entry in zip(groups, entries, strict=True):
-        draw_groups([group]).save(folder / entry["picture"])
-    (folder / "index.html").write_text(gallery_html(title, entries))
+        draw_groups([group]).save(temporary / entry["picture"], format="PNG")
+    (temporary / "index.html").write_text(gallery_html(title, entries))
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.rename(folder)

@@ -257,9 +257,8 @@ def evaluate(knn_file: str, gnd_file: str, out_path: str, rerank_file: str | Non
     The latency and memory of whatever produced the evaluated lists are copied from its file's attributes: the
     re-ranking file, or a compared method's ranking file (:mod:`csa_rerank.compare`).
     """
+    from .evaluate import TOP_SHOWN, per_query_table
     from .evaluate import evaluate as revisitop
-    from .evaluate import per_query_table
-    from .per_query import TOP_SHOWN
 
     ranks = h5io.read_array(knn_file, "ranks").astype(np.int64)
     extra = {k: v for k, v in h5io.read_attrs(knn_file).items() if k in ("latency_ms", "memory_gb")}
