@@ -127,8 +127,8 @@ def test_gallery_has_every_query_by_landmark(toy_testset, tmp_path):
     gnd_file, gnd = toy_testset
     ranks = np.tile(np.arange(12), (3, 1))
     (tmp_path / "e.json").write_text(json.dumps(_evaluation(ranks, gnd["gnd"])))
-    folder = tmp_path / "gallery"
-    per_query.gallery(str(tmp_path / "e.json"), str(tmp_path / "e.json"), str(gnd_file), str(folder), "toy")
-    index = (folder / "index.html").read_text()
+    page = tmp_path / "gallery.html"
+    per_query.gallery(str(tmp_path / "e.json"), str(tmp_path / "e.json"), str(gnd_file), str(page), "toy")
+    index = page.read_text()
     assert index.index('id="alpha"') < index.index('id="alpha_01"') < index.index('id="beta"')
-    assert sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "0001.png", "0002.png"]
+    assert index.count('<img src="data:image/jpeg;base64,') == 3  # one picture per query, in the file

@@ -156,23 +156,21 @@ def gallery(
     first_round_file: str,
     method_file: str,
     gnd_file: str,
-    folder: str,
+    out_html: str,
     title: str,
     method: str = "Ours",
     protocol: str = "medium",
     distractor_list: str | None = None,
 ) -> None:
-    """A picture of every query (first round and ``method``) and an index page grouped by landmark."""
+    """One HTML page with a picture of every query (first round and ``method``), grouped by landmark."""
     before, after = read_evaluation(first_round_file), read_evaluation(method_file)
     gnd, paths = image_paths(gnd_file, distractor_list)
     groups, entries = [], []
     for q, name in enumerate(gnd["qimlist"]):
         group = _query_group(gnd, paths, q, [("first round", before), (method, after)], protocol, f"query {name}")
         groups.append(group)
-        entries.append(
-            {"name": name, "picture": f"{q:04d}.png", "before": group["rows"][0]["ap"], "after": group["rows"][1]["ap"]}
-        )
-    qualitative.write_gallery(folder, title, groups, entries)
+        entries.append({"name": name, "before": group["rows"][0]["ap"], "after": group["rows"][1]["ap"]})
+    qualitative.write_gallery(out_html, title, groups, entries)
 
 
 def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv: str) -> pd.DataFrame:

@@ -12,14 +12,16 @@ Every position in the picture comes from :class:`Layout`, so a reader (or a test
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .atomic import write_text
 from .evaluate import protocol_lists
 
 COLOURS = {
@@ -148,8 +150,8 @@ def landmark_of(query_name: str) -> str:
 
 
 def gallery_html(title: str, entries: list[dict]) -> str:
-    """The gallery's index page: the queries grouped by landmark, each with its AP before and after and its
-    picture; ``entries`` are ``{"name", "picture" (relative path), "before", "after"}`` (AP in %, or None)."""
+    """The gallery: the queries grouped by landmark, each with its AP before and after and its picture;
+    ``entries`` are ``{"name", "picture" (an image's URL), "before", "after"}`` (AP in %, or None)."""
 
     def ap(value):
         return "–" if value is None else f"{value:.2f}"
@@ -162,7 +164,7 @@ def gallery_html(title: str, entries: list[dict]) -> str:
     for group, members in groups.items():
         items = "".join(
             f'<figure id="{html.escape(e["name"])}"><figcaption><b>{html.escape(e["name"])}</b>: AP {ap(e["before"])}'
-            f' &rarr; {ap(e["after"])}</figcaption><img src="{html.escape(e["picture"])}" loading="lazy"'
+            f' &rarr; {ap(e["after"])}</figcaption><img src="{e["picture"]}" loading="lazy"'
             f' alt="{html.escape(e["name"])}"></figure>'
             for e in members
         )
@@ -176,15 +178,17 @@ def gallery_html(title: str, entries: list[dict]) -> str:
     )
 
 
-def write_gallery(folder: str | Path, title: str, groups: list[dict], entries: list[dict]) -> None:
-    """One picture per query (``groups[i]`` drawn alone as ``entries[i]["picture"]``) and ``index.html``, built in
-    ``<folder>.part`` and renamed to ``folder`` when complete."""
-    folder = Path(folder)
-    temporary = folder.with_name(folder.name + ".part")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    for group, entry in zip(groups, entries, strict=True):
-        draw_groups([group]).save(temporary / entry["picture"], format="PNG")
-    (temporary / "index.html").write_text(gallery_html(title, entries))
-    shutil.rmtree(folder, ignore_errors=True)
-    temporary.rename(folder)
+def embedded_jpeg(picture: Image.Image) -> str:
+    """A picture as a ``data:`` URL, so that the gallery is one file (Snakemake's report embeds files, not
+    folders)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_gallery(path: str | Path, title: str, groups: list[dict], entries: list[dict]) -> None:
+    """One HTML file: every query (``groups[i]`` drawn alone, for ``entries[i]``), pictures embedded."""
+    pictures = [
+        {**entry, "picture": embedded_jpeg(draw_groups([group]))} for group, entry in zip(groups, entries, strict=True)
+    ]
+    write_text(path, gallery_html(title, pictures))

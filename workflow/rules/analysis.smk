@@ -84,8 +84,7 @@ rule gallery:
         unpack(gallery_inputs),
     output:
         report(
-            directory("<results>/gallery/{testset}"),
-            htmlindex="index.html",
+            "<results>/gallery/{testset}.html",
             caption="../report/gallery.rst",
             category="Per-query analysis",
             labels={"set": "{testset}", "file": "gallery"},

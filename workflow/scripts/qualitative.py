@@ -20,4 +20,4 @@ if snakemake.rule == "fig3":
         **common,
     )
 else:
-    per_query.gallery(folder=snakemake.output[0], title=snakemake.params.title, **common)
+    per_query.gallery(out_html=snakemake.output[0], title=snakemake.params.title, **common)

@@ -100,5 +100,5 @@ def outputs(plan: Plan) -> list[str]:
     files = ["<results>/fig3.png", "<results>/fig3.csv"]
     for testset in plan.eval_sets:
         files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]
-    files += [f"<results>/gallery/{testset}" for testset in plan.test_sets]
+    files += [f"<results>/gallery/{testset}.html" for testset in plan.test_sets]
     return files
