@@ -1,0 +1,124 @@
+"""Extraction on a CPU that other work shares: thread count and OpenMP wait policy, idle and under load.
+
+A job of the demo's ``extract`` rule (ResNet101-GeM, 128 px, two scales, batches of 16, one decoding worker) runs
+in a fresh process per setting, as Snakemake starts it (``OMP_NUM_THREADS`` = the job's threads), on generated
+JPEGs; the time per image is measured after a warm-up batch.  Each setting runs on an idle machine and with one
+busy process per core beside it (``yes > /dev/null``, at the niceness ``--nice`` gives: a user's other work).
+
+OpenMP's default wait policy lets a thread that waits for the others spin for a while before it sleeps; when
+another process holds the core those spins burn the time slices the job needs (GNU OpenMP: ``OMP_WAIT_POLICY``,
+``GOMP_SPINCOUNT``).  ``PASSIVE`` makes waiting threads sleep at once.  Usage::
+
+    python benchmarks/shared_cpu_benchmark.py --images 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+JOB = """
+import json, sys, time
+import torch
+from csa_rerank.extract import extract_descriptors
+from csa_rerank.jobs import prepare_job
+from csa_rerank.networks import build_network
+paths, threads = json.loads(sys.argv[1]), int(sys.argv[2])
+prepare_job(threads)
+net = build_network("resnet101", "gem", seed=0).eval()
+settings = dict(image_size=128, scales=[1.0, 2**-0.5], batch_size=16, num_workers=1)
+extract_descriptors(net, paths[:16], desc="warm-up", **settings)
+started = time.perf_counter()
+extract_descriptors(net, paths[16:], desc="timed", **settings)
+print(json.dumps((time.perf_counter() - started) / len(paths[16:])))
+"""
+# (label, threads, OMP_WAIT_POLICY or None for OpenMP's default)
+SETTINGS = [
+    ("2 threads, default wait (before)", 2, None),
+    ("2 threads, passive wait", 2, "PASSIVE"),
+    ("1 thread, default wait", 1, None),
+    ("1 thread, passive wait", 1, "PASSIVE"),
+]
+
+
+def write_images(folder: Path, count: int) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        coarse = rng.integers(0, 256, size=(8, 6, 3), dtype=np.uint8)
+        path = folder / f"image{i:04d}.jpg"
+        Image.fromarray(coarse).resize((128, 96), Image.BICUBIC).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def time_per_image(paths: list[str], threads: int, wait_policy: str | None) -> float:
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env["OMP_NUM_THREADS"] = str(threads)
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    result = subprocess.run(
+        [sys.executable, "-c", JOB, json.dumps(paths), str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def busy_cores(count: int, nice: int):
+    """``count`` processes that keep one core busy each (``yes > /dev/null``), stopped on exit."""
+    processes = [subprocess.Popen(["nice", "-n", str(nice), "yes"], stdout=subprocess.DEVNULL) for _ in range(count)]
+    try:
+        time.sleep(1)
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96, help="images per run, the first 16 a warm-up")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the busy processes")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting (the fastest is kept)")
+    args = parser.parse_args(argv)
+    cores = os.cpu_count()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_images(Path(folder), args.images)
+        for condition in ("idle", "loaded"):
+            for label, threads, policy in SETTINGS:
+                if condition == "loaded":
+                    with busy_cores(cores, args.nice):
+                        runs = [time_per_image(paths, threads, policy) for _ in range(args.repeats)]
+                else:
+                    runs = [time_per_image(paths, threads, policy) for _ in range(args.repeats)]
+                results[condition, label] = min(runs)
+    print(f"{cores} cores; loaded = {cores} x `nice -n {args.nice} yes > /dev/null`; {args.images - 16} timed images, "
+          f"best of {args.repeats}\n")  # fmt: skip
+    print("| setting | idle ms/image | vs before | loaded ms/image | vs before |\n|---|---:|---:|---:|---:|")
+    before = SETTINGS[0][0]
+    for label, _, _ in SETTINGS:
+        idle, loaded = results["idle", label], results["loaded", label]
+        print(
+            f"| {label} | {1000 * idle:.1f} | {results['idle', before] / idle:.2f}x | {1000 * loaded:.1f} | "
+            f"{results['loaded', before] / loaded:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
