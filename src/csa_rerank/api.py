@@ -175,15 +175,18 @@ def rerank_csa(
     row_bytes = 4 * width * db.shape[1]
     block = max(batch_size, int(memory_gb * 2**30 / 3 // row_bytes) // batch_size * batch_size)
     scores = np.empty((len(query), K), dtype=np.float32)
-    for start in tqdm(range(0, len(query), block), "CSA re-ranking", unit="block", disable=not progress):
+    bar = tqdm(total=len(query), desc="CSA re-ranking", unit="query", disable=not progress)
+    for start in range(0, len(query), block):
         top = ranks[start : start + block, :width]
         ids, local = np.unique(top, return_inverse=True)
         gathered = np.asarray(db[ids], dtype=np.float32)
-        block_query = np.asarray(query[start : start + block], dtype=np.float32)
+        block_query = np.array(query[start : start + block], dtype=np.float32)  # writable: torch shares it
         local = local.reshape(top.shape)
         scores[start : start + len(top)] = csa.scores(
             block_query, gathered, local, model, K, L, precision, batch_size, device=device
         )
+        bar.update(len(top))
+    bar.close()
     return rerank_topk(ranks, scores)
 
 
