@@ -98,14 +98,17 @@ def test_own_test_sets_run_through_the_workflow(tmp_path, lopq_descriptors, roxf
         handle["query"], handle["db"] = query, db
     config = own_config(tmp_path / "roxf_lopq128.h5", roxford_gnd_path, distractors=False)
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
-    run = ["--cores", "2", "--replace-workflow-config", "--configfile", str(tmp_path / "own.yaml")]
+    config_args = ["--replace-workflow-config", "--configfile", str(tmp_path / "own.yaml")]  # after the targets
     demo_gnd = "data/ci/test/roxford5k/gnd_roxford5k.pkl"
-    result = snakemake([*run, demo_gnd], tmp_path)  # the demo test set 'mybuildings' is a copy of
+    result = snakemake(
+        ["--cores", "2", demo_gnd, *config_args], tmp_path
+    )  # the demo test set 'mybuildings' is a copy of
     assert result.returncode == 0, result.stderr[-3000:]
     mine = tmp_path / "data" / "ci" / "test" / "mybuildings"
     shutil.copytree(tmp_path / "data" / "ci" / "test" / "roxford5k", mine)
     (mine / "gnd_roxford5k.pkl").rename(mine / "gnd_mybuildings.pkl")
-    result = snakemake([*run, "results/ci/table1.csv", "results/ci/table3.csv", "results/ci/table5.csv"], tmp_path)
+    tables = ["results/ci/table1.csv", "results/ci/table3.csv", "results/ci/table5.csv"]
+    result = snakemake(["--cores", "2", *tables, *config_args], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table5 = pd.read_csv(tmp_path / "results" / "ci" / "table5.csv").set_index("Method")
     print("\n" + table5.filter(regex="Medium$").to_string())

@@ -1,6 +1,6 @@
 """The ``csa-rerank`` command: re-rank your own retrieval results with CSA or any compared method.
 
-Subcommands (``csa-rerank SUBCOMMAND --help`` for each)::
+Subcommands (``csa-rerank rerank --help`` and so on for each)::
 
     extract   descriptors of your images (a cirtorch checkpoint, an ImageNet body or random weights) -> .h5
     search    first-round top-k of query descriptors against a database (exact, memory-bounded)

@@ -164,7 +164,8 @@ def import_descriptors(kind: str, source: str, network: str, out_path: str) -> N
         spec = f"{source}:{key}"
         arrays[key] = np.ascontiguousarray(check_descriptors(read_descriptors(spec), spec), dtype=np.float32)
     if len({x.shape[1] for x in arrays.values()}) != 1:
-        raise ValueError(f"{source}: arrays of different dimensions: {({k: x.shape for k, x in arrays.items()})}")
+        shapes = {key: x.shape for key, x in arrays.items()}
+        raise ValueError(f"{source}: arrays of different dimensions: {shapes}")
     h5io.write_arrays(out_path, arrays, {"network": network, "imported_from": source})
     log.info("imported %s: %s", source, {k: x.shape for k, x in arrays.items()})
 
