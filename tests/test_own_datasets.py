@@ -118,3 +118,22 @@ def test_own_test_sets_run_through_the_workflow(tmp_path, lopq_descriptors, roxf
     assert table5["MyB Medium"].equals(table5["ROxf Medium"])
     # the first round of the real descriptors: the mAP of ../shared/data/README.md
     assert table5.loc["R-GeM(No re-ranking)", "MyD Medium"] == pytest.approx(21.13, abs=0.01)
+
+
+def test_imported_descriptors_are_checked(tmp_path):
+    from csa_rerank import stages
+
+    db = np.eye(8, dtype=np.float32)
+    db[6] *= 2
+    with h5py.File(tmp_path / "descs.h5", "w") as handle:
+        handle["query"], handle["db"] = np.eye(2, 8, dtype=np.float32), db
+    out = tmp_path / "features.h5"
+    with pytest.raises(ValueError, match=r"descs\.h5:db: row 6 has L2 norm 2, not 1"):
+        stages.import_descriptors("test", str(tmp_path / "descs.h5"), NETWORK, str(out))
+    assert not out.exists()
+    db[6] /= 2
+    with h5py.File(tmp_path / "descs.h5", "a") as handle:
+        handle["db"][...] = db
+    stages.import_descriptors("test", str(tmp_path / "descs.h5"), NETWORK, str(out))
+    with h5py.File(out) as handle:
+        assert np.array_equal(handle["db"][()], db) and handle.attrs["network"] == NETWORK
