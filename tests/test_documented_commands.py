@@ -17,7 +17,8 @@ repository (nothing is written to the checkout):
   exist: ``--configfile`` takes several values, so a target written after it would be taken for a config file;
 - ``make TARGET``: ``make -n TARGET``, and each snakemake command that it would run is dry-run as above;
 - ``python script.py ...``, ``python -m module ...``, ``torchrun ...``, ``csa-...``: ``--help`` must work and
-  list every option the command uses (a real run takes minutes to hours);
+  list every option the command uses (a real run takes minutes to hours); for ``csa-rerank SUBCOMMAND ...``, the
+  subcommand's ``--help``;
 - a command with placeholders (``<results>``, ``NET``, ``N``, ``…``, ``[--option]``) cannot run as written: only
   its options and the files it names are checked.
 
@@ -410,8 +411,10 @@ def check_console_script(tokens: list[str], copies: Copies) -> str | None:
     if tokens[0] not in scripts:
         return f"{tokens[0]} is not a console script of pyproject.toml ([project.scripts])"
     module, function = scripts[tokens[0]].split(":")
-    code = f"import sys; from {module} import {function} as main; sys.argv = [{tokens[0]!r}, '--help']; main()"
-    return _check_help([sys.executable, "-c", code], _options(tokens[1:]), copies.shared())
+    # a subcommand (csa-rerank rerank ...) has a --help of its own, which lists its options
+    words = tokens[:2] if len(tokens) > 1 and not tokens[1].startswith("-") else tokens[:1]
+    code = f"import sys; from {module} import {function} as main; sys.argv = [*{words!r}, '--help']; main()"
+    return _check_help([sys.executable, "-c", code], _options(tokens[len(words) :]), copies.shared())
 
 
 def check(command: Documented, copies: Copies) -> str | None:

@@ -45,6 +45,11 @@ Results
 - :mod:`csa_rerank.figures`    the figures of model variants (Fig. 2, supplementary Figs. 1 and 2)
 - :mod:`csa_rerank.per_query`  per-query analysis, Figure 3 and the gallery (drawn by :mod:`csa_rerank.qualitative`)
 
+Your own descriptors
+- :mod:`csa_rerank.api`        search, re-rank with any method by label, train, evaluate: arrays in, arrays out
+- :mod:`csa_rerank.formats`    descriptor files (.npy, .h5, .fvecs, the authors' .pkl), rankings, names, labels
+- :mod:`csa_rerank.cli`        the ``csa-rerank`` command (also :mod:`csa_rerank.__main__`: ``python -m csa_rerank``)
+
 Jobs
 - :mod:`csa_rerank.stages`     one function per pipeline stage, called by the Snakemake scripts
 - :mod:`csa_rerank.jobs`       each job's process settings (:func:`csa_rerank.jobs.prepare_job`, with

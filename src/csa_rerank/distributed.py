@@ -82,18 +82,14 @@ def train_in_this_process(
     import torch.distributed as dist
 
     from .extract import pick_device
-    from .model import CSAConfig
-    from .training import TrainConfig, TrainingSamples, train
+    from .training import TrainingSamples, configs_from_settings, train
 
     db = datasets.load_training_db(db_file)
     clusters = np.asarray(db["train"]["cluster"])
     features = [h5io.read_array(path, "train") for path in feature_files]
     neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
     samples = TrainingSamples(features, neighbours, [clusters] * len(features))
-    model_config = CSAConfig(**reranker)
-    settings = dict(training)
-    world_size = settings.pop("code_world_size", 1)
-    train_config = TrainConfig(**settings, world_size=world_size)
+    model_config, train_config = configs_from_settings(reranker, training)
     device = pick_device(use_gpu)
     if device.type == "cuda" and dist.is_initialized():
         device = torch_device_of_local_rank()

@@ -33,6 +33,9 @@ class Dataset:
     listing: str  # file in root: ground truth (test), image list (distractors), db pickle (training, whitening)
     images: str  # image folder in root
     label: str  # in table columns ("ROxf Medium", "ROxf+R1M Hard")
+    # given as descriptor files instead of images (extraction skipped): (network, file) pairs; the listing is then
+    # a path of its own, not under <data>
+    descriptors: tuple[tuple[str, str], ...] = ()
 
     @property
     def listing_path(self) -> str:
@@ -41,6 +44,23 @@ class Dataset:
     @property
     def images_path(self) -> str:
         return f"{self.root}/{self.images}"
+
+
+def own_dataset(name: str, spec: dict) -> Dataset:
+    """A dataset of the configuration (``datasets.own.<name>``), not of this registry.
+
+    Without ``descriptors``: a test set in revisitop's layout (:func:`revisitop_test_set`) or a training set in
+    rSfM120k's (``<data>/train/<name>/<name>.pkl`` and ``ims/``).  With ``descriptors`` (network -> descriptor
+    file, the arrays of :mod:`csa_rerank.h5io`): those descriptors, and ``listing``, the ground truth (test) or
+    the train/val cluster file (training) at the path given; no images.
+    """
+    label = spec.get("label", name)
+    if spec.get("descriptors"):
+        descriptors = tuple(sorted(spec["descriptors"].items()))
+        return Dataset(name, spec["kind"], "", spec["listing"], "", label, descriptors)
+    if spec["kind"] == TEST:
+        return revisitop_test_set(name, label)
+    return Dataset(name, TRAINING, f"train/{name}", f"{name}.pkl", "ims", label)
 
 
 def revisitop_test_set(name: str, label: str | None = None) -> Dataset:

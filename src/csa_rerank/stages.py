@@ -148,6 +148,28 @@ def _post_whiten(method, dims, arrays, params, fitted) -> dict[str, np.ndarray]:
     return {**out, **{f"whitening_{k}": v for k, v in params.items()}} if fitted else out
 
 
+# the arrays of a dataset given as descriptor files, by its kind (csa_rerank.h5io)
+IMPORTED_ARRAYS = {"test": ("query", "db"), "training": ("train", "val")}
+
+
+def import_descriptors(kind: str, source: str, network: str, out_path: str) -> None:
+    """The descriptor file of a dataset given as descriptors (extraction skipped): the arrays of its ``kind``
+    read from ``source`` (HDF5 ``FILE``, or the authors' pickle layout; :mod:`csa_rerank.formats`), checked to be
+    finite and L2-normalised (an error names the file, the array and the row), written in the HDF5 contract."""
+    from .api import check_descriptors
+    from .formats import read_descriptors
+
+    arrays = {}
+    for key in IMPORTED_ARRAYS[kind]:
+        spec = f"{source}:{key}"
+        arrays[key] = np.ascontiguousarray(check_descriptors(read_descriptors(spec), spec), dtype=np.float32)
+    if len({x.shape[1] for x in arrays.values()}) != 1:
+        shapes = {key: x.shape for key, x in arrays.items()}
+        raise ValueError(f"{source}: arrays of different dimensions: {shapes}")
+    h5io.write_arrays(out_path, arrays, {"network": network, "imported_from": source})
+    log.info("imported %s: %s", source, {k: x.shape for k, x in arrays.items()})
+
+
 def merge_shards(shard_files: list[str], out_path: str, n_images: int, block_rows: int = 16384) -> None:
     """The descriptor file of a sharded dataset (the distractors) from its shard files, in order.
 

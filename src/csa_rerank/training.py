@@ -203,6 +203,15 @@ def paper_preset() -> tuple[CSAConfig, TrainConfig]:
     )
 
 
+def configs_from_settings(reranker: dict, training: dict) -> tuple[CSAConfig, TrainConfig]:
+    """The model and training configurations of the pipeline's ``reranker`` and ``training`` config sections
+    (``anchors`` = L in ``reranker``; ``code_world_size``, the processes the "code" lr rule divides the batch
+    over, becomes ``world_size``; ``processes`` only says how to run, not what)."""
+    settings = {key: value for key, value in training.items() if key != "processes"}
+    world_size = settings.pop("code_world_size", 1)
+    return CSAConfig(**reranker), TrainConfig(**settings, world_size=world_size)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training samples
 

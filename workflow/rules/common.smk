@@ -52,6 +52,14 @@ def extract_kind(wildcards):
     return plan.dataset_kind(wildcards.dataset)
 
 
+def imported_descriptors(wildcards):
+    return plan.imported_descriptors(wildcards.imported, wildcards.network)
+
+
+def imported_kind(wildcards):
+    return plan.dataset_kind(wildcards.imported)
+
+
 def network_spec(wildcards):
     return plan.networks[wildcards.network]
 

@@ -13,6 +13,11 @@ if config.get("demo"):
             gnd=demo_testset["listing"],
         log:
             "<logs>/generate_demo/{dataset}.log",
+        # the demo's own test sets only: a test set of datasets.own is the user's
+        wildcard_constraints:
+            dataset=alternatives(
+                [t for t in plan.test_sets if t not in plan.own_datasets]
+            ),
         conda:
             "../../envs/torch.yaml"
         params:

@@ -29,6 +29,23 @@ rule extract:
         "../scripts/extract.py"
 
 
+# a dataset given as descriptor files (datasets.own.<name>.descriptors): checked and copied, not extracted
+rule import_descriptors:
+    input:
+        imported_descriptors,
+    output:
+        "<results>/features/{imported}/{network}.h5",
+    log:
+        "<logs>/import_descriptors/{imported}/{network}.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=script_code("import_descriptors.py"),
+        kind=imported_kind,
+    script:
+        "../scripts/import_descriptors.py"
+
+
 if plan.distractors:
 
     rule extract_shard:

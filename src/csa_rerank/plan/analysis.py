@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .paths import raw_data
-from .tables import PROTOCOL_LABELS, set_label, table5
+from .tables import PROTOCOL_LABELS, table5
 
 if TYPE_CHECKING:
     from .core import Plan
@@ -28,9 +27,10 @@ def row_slug(label: str) -> str:
 
 
 def _evaluation_files(plan: Plan, testset: str) -> dict[str, str]:
-    """Table-5 row label -> the evaluation file of its Medium cell on ``testset`` (the file has every protocol)."""
-    column = f"{set_label(testset)} {PROTOCOL_LABELS['medium']}"
-    return {row["label"]: row["cells"][column]["file"] for row in table5(plan)["rows"]}
+    """Table-5 row label -> the evaluation file of its Medium cell on ``testset`` (the file has every protocol), for
+    the rows with a cell there."""
+    column = f"{plan.set_label(testset)} {PROTOCOL_LABELS['medium']}"
+    return {row["label"]: row["cells"][column]["file"] for row in table5(plan)["rows"] if column in row["cells"]}
 
 
 def compared_rows(plan: Plan) -> dict[str, str]:
@@ -49,7 +49,8 @@ def per_query_inputs(plan: Plan, testset: str, slug: str) -> dict[str, str]:
 
 
 def per_query_tables(plan: Plan, testset: str) -> list[str]:
-    return [f"<results>/per_query/{testset}/{slug}.csv" for slug in compared_rows(plan)]
+    rows = _evaluation_files(plan, testset)
+    return [f"<results>/per_query/{testset}/{slug}.csv" for slug, label in compared_rows(plan).items() if label in rows]
 
 
 def fig3_settings(plan: Plan) -> dict:
@@ -59,6 +60,11 @@ def fig3_settings(plan: Plan) -> dict:
         raise ValueError(
             f"config key experiments.fig3.testset: {settings['testset']!r} is not one of datasets.test "
             f"({', '.join(plan.test_sets)})"
+        )
+    if not plan.has_images(settings["testset"]):
+        raise ValueError(
+            f"config key experiments.fig3.testset: {settings['testset']!r} is given as descriptors; Figure 3 shows "
+            "images: name a test set with images"
         )
     fig3_row(plan, settings["method"])  # fails early, naming the key
     return settings
@@ -80,7 +86,7 @@ def qualitative_inputs(plan: Plan, testset: str) -> dict[str, str]:
     """What Figure 3 and the gallery of ``testset`` read: the first round's and the method's evaluation files
     (per-query AP and top lists), the ground truth and the images."""
     files = _evaluation_files(plan, testset)
-    data = raw_data(testset)
+    data = plan.raw_data(testset)
     return {
         "before": files[BASELINE_ROW],
         "after": files[fig3_row(plan, fig3_settings(plan)["method"])],
@@ -100,5 +106,5 @@ def outputs(plan: Plan) -> list[str]:
     files = ["<results>/fig3.png", "<results>/fig3.csv"]
     for testset in plan.eval_sets:
         files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]
-    files += [f"<results>/gallery/{testset}.html" for testset in plan.test_sets]
+    files += [f"<results>/gallery/{testset}.html" for testset in plan.test_sets if plan.has_images(testset)]
     return files

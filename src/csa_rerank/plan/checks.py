@@ -12,31 +12,52 @@ def config_error(key: str, message: str):
 
 
 def check_config(config: dict) -> None:
+    check_own_datasets(config)
     check_datasets(config["datasets"])
     check_methods(config.get("methods", {}))
     check_networks(config)
     check_training_sets(config["experiments"])
 
 
-def _check_dataset(key: str, name: str, kinds: tuple[str, ...]) -> None:
-    allowed = registry.dataset_names(*kinds)
+def _check_dataset(key: str, name: str, kinds: tuple[str, ...], own: dict) -> None:
+    allowed = registry.dataset_names(*kinds) + [n for n, spec in own.items() if spec["kind"] in kinds]
     if name not in allowed:
         config_error(
             key,
-            f"{name!r} is not a registered {' or '.join(kinds)} dataset (csa_rerank.registry.DATASETS); "
+            f"{name!r} is not a {' or '.join(kinds)} dataset of csa_rerank.registry.DATASETS or datasets.own; "
             f"allowed: {', '.join(allowed)}",
         )
 
 
 def check_datasets(datasets: dict) -> None:
+    own = datasets.get("own", {})
     for name in datasets["test"]:
-        _check_dataset("datasets.test", name, (registry.TEST,))
+        _check_dataset("datasets.test", name, (registry.TEST,), own)
     if datasets.get("distractors"):
-        _check_dataset("datasets.distractors", datasets["distractors"], (registry.DISTRACTORS,))
-    _check_dataset("datasets.training", datasets["training"], (registry.TRAINING,))
+        _check_dataset("datasets.distractors", datasets["distractors"], (registry.DISTRACTORS,), own)
+    _check_dataset("datasets.training", datasets["training"], (registry.TRAINING,), own)
     if "whitening" in datasets:
         # a training set fits the whitening on its train split's pairs, a whitening set on its own
-        _check_dataset("datasets.whitening", datasets["whitening"], (registry.TRAINING, registry.WHITENING))
+        _check_dataset("datasets.whitening", datasets["whitening"], (registry.TRAINING, registry.WHITENING), own)
+
+
+def check_own_datasets(config: dict) -> None:
+    """Own datasets: names of their own, descriptors of configured networks, no whitening fitted on descriptors."""
+    datasets = config["datasets"]
+    registered = {d.name for d in registry.DATASETS}
+    whitening_set = datasets.get("whitening", datasets["training"])
+    for name, spec in datasets.get("own", {}).items():
+        if name in registered:
+            config_error(f"datasets.own.{name}", f"{name!r} is a dataset of csa_rerank.registry.DATASETS already")
+        for network in spec.get("descriptors", {}):
+            _check_network(config["networks"], f"datasets.own.{name}.descriptors", network)
+        fitted = [n for n, s in config["networks"].items() if s.get("post_whitening") in ("centre", "learned")]
+        if spec.get("descriptors") and name == whitening_set and fitted:
+            config_error(
+                f"datasets.own.{name}",
+                f"the post-whitening of {', '.join(fitted)} is fitted on the images of {name}, which is given as "
+                "descriptors; set datasets.whitening to a dataset with images",
+            )
 
 
 def check_methods(methods: dict) -> None:

@@ -28,6 +28,8 @@ class Plan:
         checks.check_config(config)
         self.config = config
         datasets = config["datasets"]
+        # datasets of the configuration's own (datasets.own), beside the registry's
+        self.own_datasets = {name: registry.own_dataset(name, spec) for name, spec in datasets.get("own", {}).items()}
         self.test_sets: list[str] = list(datasets["test"])
         self.distractors: str | None = datasets.get("distractors")
         self.training_set: str = datasets["training"]
@@ -50,6 +52,9 @@ class Plan:
         self.n_shards = -(-self.distractor_images // self.shard_size) if self.distractors else 0
         # Evaluation sets: each test set alone and, with distractors configured, with them appended to its database.
         self.eval_sets = self.test_sets + [self.with_distractors(t) for t in self.test_sets if self.distractors]
+        # datasets given as descriptor files: rule import_descriptors instead of extract
+        used = [*self.test_sets, self.training_set]
+        self.imported = [name for name in used if self.dataset(name).descriptors]
         self.models = models.table_models(config)
         self.figure_sweeps, variants = models.figure_sweeps(config)
         self.models.update(variants)
@@ -80,9 +85,11 @@ class Plan:
     def wildcard_constraints(self) -> dict[str, str]:
         models_pattern = alternatives(self.models)
         methods_pattern = alternatives(self.method_of_slug) or "none"
+        extracted = self.test_sets + list(dict.fromkeys([self.training_set, self.whitening_set]))
         return {
             # the distractors are extracted in shards (rules extract_shard, merge_shards), every other set by extract
-            "dataset": alternatives(self.test_sets + list(dict.fromkeys([self.training_set, self.whitening_set]))),
+            "dataset": alternatives([name for name in extracted if name not in self.imported]),
+            "imported": alternatives(self.imported) or "none",
             "testset": alternatives(self.eval_sets),
             # a network, or a network's first-round lists re-ranked by a compared method (rule rerank_method)
             "network": f"({alternatives(self.networks)})(~({methods_pattern}))?",
@@ -96,8 +103,38 @@ class Plan:
 
     # -----------------------------------------------------------------------------------------------------------
     # data and descriptors
+    def dataset(self, name: str) -> registry.Dataset:
+        """The registry's entry of a dataset, or the configuration's own (datasets.own)."""
+        return self.own_datasets.get(name) or registry.dataset(name)
+
     def raw_data(self, dataset: str) -> dict[str, str]:
-        return paths.raw_data(dataset)
+        return paths.dataset_files(self.dataset(dataset))
+
+    def set_label(self, testset: str) -> str:
+        """The column label of an evaluation set: 'roxford5k+r1m' -> 'ROxf+R1M'."""
+        return "+".join(self.dataset(part).label for part in testset.split("+"))
+
+    def has_images(self, testset: str) -> bool:
+        return not self.dataset(paths.base_testset(testset)).descriptors
+
+    def evaluable(self, testset: str, network: str) -> bool:
+        """Whether a ranking of ``network`` ('net' or 'net~method') can be computed on ``testset``: a set given as
+        descriptors has those of its networks only, and no images for a method that needs them (DSM)."""
+        descriptors = dict(self.dataset(paths.base_testset(testset)).descriptors)
+        if not descriptors:
+            return True
+        base, _, slug = network.partition("~")
+        return base in descriptors and not (slug and registry.method(self.method_of_slug[slug]).needs_images)
+
+    def imported_descriptors(self, dataset: str, network: str) -> str:
+        """The configured descriptor file of a dataset given as descriptors (rule import_descriptors)."""
+        descriptors = dict(self.dataset(dataset).descriptors)
+        if network not in descriptors:
+            raise ValueError(
+                f"config key datasets.own.{dataset}.descriptors: no file for network {network!r} "
+                f"(given: {', '.join(descriptors)})"
+            )
+        return descriptors[network]
 
     def dataset_kind(self, dataset: str) -> str:
         """The role of a dataset in this configuration, which tells the extraction what to read."""
@@ -110,7 +147,7 @@ class Plan:
         return "whitening"
 
     def extract_inputs(self, dataset: str, network: str) -> dict[str, str]:
-        inputs = paths.raw_data(dataset)
+        inputs = self.raw_data(dataset)
         spec = self.networks[network]
         for key in ("checkpoint", "body_checkpoint"):
             if spec.get(key):
@@ -146,7 +183,7 @@ class Plan:
         return [f"<data>/{image_folder}.download/{archive}.unpacked" for archive in archives]
 
     def ground_truth(self, testset: str) -> str:
-        return paths.raw_data(paths.base_testset(testset))["listing"]
+        return self.raw_data(paths.base_testset(testset))["listing"]
 
     def demo_seed(self, dataset: str) -> int:
         """Each demo test set has its own landmarks: its seed is the demo seed plus its position."""
@@ -157,7 +194,7 @@ class Plan:
     def training_inputs(self, model: str) -> dict:
         networks = self.training_sets[self.models[model]["training_set"]]
         return {
-            "db": paths.raw_data(self.training_set)["listing"],
+            "db": self.raw_data(self.training_set)["listing"],
             "features": [paths.features(self.training_set, net) for net in networks],
             "neighbours": [paths.neighbours(net) for net in networks],
         }
@@ -190,14 +227,14 @@ class Plan:
         if entry.fitted_by:
             inputs["weights"] = f"<results>/methods/{entry.fitted_by}/{network}.pt"
         if entry.needs_images:  # the images and the network, at re-ranking time
-            data = paths.raw_data(paths.base_testset(testset))
+            data = self.raw_data(paths.base_testset(testset))
             inputs.update(images=data["images"], gnd=data["listing"])
             spec = self.networks[network]
             for key in ("checkpoint", "body_checkpoint"):
                 if spec.get(key):
                     inputs[key] = spec[key]
             if "+" in testset:
-                distractors = paths.raw_data(self.distractors)
+                distractors = self.raw_data(self.distractors)
                 inputs.update(distractor_images=distractors["images"], distractor_list=distractors["listing"])
         return inputs
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .models import SWEEPS
 from .paths import csa
-from .tables import FIRST_ROUND_LABEL, map_cells, set_label
+from .tables import FIRST_ROUND_LABEL, map_cells
 
 if TYPE_CHECKING:
     from .core import Plan
@@ -38,7 +38,7 @@ def figure_layout(plan: Plan, figure: str) -> dict:
     if figure == "supp_fig1":
         metric, ylabel = "mAP", f"mAP (%), {plan.training_set} val split"
     else:
-        metric = f"{set_label(plan.test_sets[0])} Hard"
+        metric = f"{plan.set_label(plan.test_sets[0])} Hard"
         ylabel = "mAP (%)" if figure == "supp_fig2" else f"mAP (%), {metric}"
     panels = [
         {

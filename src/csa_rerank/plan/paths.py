@@ -6,12 +6,11 @@ from __future__ import annotations
 from csa_rerank import registry
 
 
-def raw_data(dataset: str) -> dict[str, str]:
-    """The image folder and the list or ground-truth file of a dataset, in cirtorch/revisitop layout."""
-    return dataset_files(registry.dataset(dataset))
-
-
 def dataset_files(entry: registry.Dataset) -> dict[str, str]:
+    """The image folder and the list or ground-truth file of a dataset, in cirtorch/revisitop layout under
+    <data>; a dataset given as descriptors has only its listing, at the path configured."""
+    if entry.descriptors:
+        return {"listing": entry.listing}
     return {"images": f"<data>/{entry.images_path}", "listing": f"<data>/{entry.listing_path}"}
 
 

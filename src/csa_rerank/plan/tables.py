@@ -28,18 +28,14 @@ TABLE6_METHODS = {
 OURS_COMPLEXITY = {"Space Cplx.": "O(Nd)", "Time Cplx.": "O(KLd + K^2)"}
 
 
-def set_label(testset: str) -> str:
-    """The column label of an evaluation set: 'roxford5k+r1m' -> 'ROxf+R1M'."""
-    return "+".join(registry.dataset(part).label for part in testset.split("+"))
-
-
 def map_cells(plan: Plan, sets: list[str], reranker=None, K=None, L=None, network=None) -> dict:
-    """Cells '<set> <protocol>' -> (evaluation file, [protocol, 'mAP']) for the given sets, Medium then Hard."""
+    """Cells '<set> <protocol>' -> (evaluation file, [protocol, 'mAP']) for the given sets, Medium then Hard;
+    none on a set where the network's ranking cannot be computed (:meth:`Plan.evaluable`)."""
     network = network or plan.first_round
     cells = {}
     for protocol, protocol_label in PROTOCOL_LABELS.items():
-        for testset in sets:
-            cells[f"{set_label(testset)} {protocol_label}"] = {
+        for testset in filter(lambda testset: plan.evaluable(testset, network), sets):
+            cells[f"{plan.set_label(testset)} {protocol_label}"] = {
                 "file": evaluation(testset, network, reranker, K, L),
                 "key": [protocol, "mAP"],
             }
@@ -139,7 +135,7 @@ def _cost_cells(plan: Plan, large: list[str], network: str, reranker=None, K=Non
     """Latency (on the first large set) and memory (on each) of one method."""
     cells = {"Re-ranking latency (ms)": {"file": evaluation(large[0], network, reranker, K, L), "key": ["latency_ms"]}}
     for testset in large:
-        cells[f"Memory (GB) {set_label(testset)}"] = {
+        cells[f"Memory (GB) {plan.set_label(testset)}"] = {
             "file": evaluation(testset, network, reranker, K, L),
             "key": ["memory_gb"],
         }
