@@ -265,6 +265,39 @@ def test_table4_and_supplementary_table1_cross_features():
     assert _labels(Plan(small()).table_layout("table4")) == ["X", "X+Ours"]
 
 
+def test_row_order_is_the_papers_not_the_mappings():
+    """Training sets and cross features are mapping keys: their rows follow the paper's, unknown labels last by
+    name, so that reordering the configuration changes no table."""
+    training_sets = {"rSfM120k": ["r101"], "Z": ["r50"], "AugrSfM120k": ["r50", "r101"], "C": ["r101"]}
+    for order in (list(training_sets), list(reversed(training_sets))):
+        sets = {name: training_sets[name] for name in order}
+        config = small(experiments__training_sets=sets, experiments__default_training_set="rSfM120k")
+        assert _labels(Plan(config).table_layout("table3")) == ["rSfM120k", "AugrSfM120k", "C", "Z"]
+    features = {"V-GeM-W": "r50", "R-GeM[O]-W": "rmac", "R-RMAC[O]": "r101"}
+    assert _labels(Plan(small(experiments__cross_features=features)).table_layout("supp_table1"))[::2] == [
+        "R-RMAC[O]",
+        "R-GeM[O]-W",
+        "V-GeM-W",
+    ]
+
+
+def test_params_do_not_depend_on_the_order_of_mappings(plan):
+    def reversed_mappings(value):
+        if isinstance(value, dict):
+            return {key: reversed_mappings(value[key]) for key in reversed(list(value))}
+        return value
+
+    other = Plan(reversed_mappings(small()))
+    for model in plan.models:
+        assert repr(other.reranker_config(model)) == repr(plan.reranker_config(model))
+        assert repr(other.training_hyperparameters(model)) == repr(plan.training_hyperparameters(model))
+    for slug in plan.method_of_slug:
+        assert repr(other.method_settings(slug)) == repr(plan.method_settings(slug))
+        assert repr(other.image_settings(slug, "r101")) == repr(plan.image_settings(slug, "r101"))
+    assert repr(other.fig3) == repr(plan.fig3) and repr(other.networks) == repr(plan.networks)
+    assert repr(other.table_layout("table5")) == repr(plan.table_layout("table5"))
+
+
 def test_table5_rows_in_registry_order(plan):
     layout = plan.table_layout("table5")
     assert _labels(layout) == [

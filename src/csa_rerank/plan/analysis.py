@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from .canonical import canonical
 from .paths import raw_data
 from .tables import PROTOCOL_LABELS, set_label, table5
 
@@ -54,7 +55,7 @@ def per_query_tables(plan: Plan, testset: str) -> list[str]:
 
 def fig3_settings(plan: Plan) -> dict:
     """``experiments.fig3`` with its defaults; the test set defaults to the first one (ROxf in the paper)."""
-    settings = {**FIG3_DEFAULTS, "testset": plan.test_sets[0], **plan.experiments.get("fig3", {})}
+    settings = canonical({**FIG3_DEFAULTS, "testset": plan.test_sets[0], **plan.experiments.get("fig3", {})})
     if settings["testset"] not in plan.test_sets:
         raise ValueError(
             f"config key experiments.fig3.testset: {settings['testset']!r} is not one of datasets.test "
