@@ -428,6 +428,22 @@ def test_fig3_defaults_and_choices():
         ({"experiments__fig2": {"hidden": [12]}}, "experiments.fig2.hidden", "head width 8"),
         ({"experiments__fig3": {"testset": "r1m"}}, "experiments.fig3.testset", "roxford5k, rparis6k"),
         ({"experiments__fig3": {"method": "DFS"}}, "experiments.fig3.method", "AQE, Affinity Feature"),
+        # what used to fail inside a job, after extraction (or was reported against another key)
+        ({"experiments__K": 5000}, "experiments.K", "4993 database images of roxford5k"),
+        ({"experiments__table1_K": [8, 6000]}, "experiments.table1_K", "at most 4993"),
+        ({"experiments__L": 6000}, "experiments.L", "at most 4993"),
+        ({"experiments__table2_L": [8, 7000]}, "experiments.table2_L", "at most 4993"),
+        ({"experiments__table6_K": [5019]}, "experiments.table6_K", "5018 database images of roxford5k+r1m"),
+        ({"training__warmup_epochs": 3}, "training.warmup_epochs", "warmup_epochs <= epochs"),
+        ({"training__batch_size": 100_000}, "training.batch_size", "batch_size <= 91642"),
+        ({"training__batch_size": 3}, "training.batch_size", "training.processes = 2"),
+        ({"training__K_train": 100_000}, "training.K_train", "91642 training images"),
+        ({"reranker__heads": 5}, "reranker.heads", "hidden size 32"),
+        ({"methods": {"AQE": {"m": 3}}}, "methods.AQE", "'m' is no keyword of csa_rerank.methods.qe.aqe; it accepts"),
+        ({"methods": {"GSS": {"epochs": 5, "rounds": 1}}}, "methods.GSS", "beta_percentile"),  # through **params
+        ({"methods": {"DSM": {"chanels": 5}}}, "methods.DSM", "channels"),  # DSM's rerank_with_network
+        ({"methods": {"CRL": {"fit": {"epochs": 2, "hiden": 8}}}}, "methods.CRL.fit", "hidden"),
+        ({"methods": {"AQE": {"fit": {}}}}, "methods.AQE.fit", "learns nothing"),
     ],
     ids=lambda value: value if isinstance(value, str) and "." in value else None,
 )
@@ -435,6 +451,17 @@ def test_bad_cross_key_values_name_the_key(changes, key, allowed):
     with pytest.raises(ValueError, match=re.escape(f"config key {key}: ")) as error:
         Plan(small(**changes))
     assert allowed in str(error.value)
+
+
+def test_demo_sizes_are_the_generated_ones():
+    config = validated(REPO / "configs" / "demo.yaml")
+    config["experiments"]["table1_K"].append(305)  # 11 landmarks x 24 views + 40 background images = 304
+    with pytest.raises(ValueError, match=re.escape("config key experiments.table1_K: 305 exceeds the 304 database")):
+        Plan(config)
+    config = validated(REPO / "configs" / "demo.yaml")
+    config["training"]["batch_size"] = 2000  # 56 clusters x 22 images = 1232 samples of rSfM120k (one network)
+    with pytest.raises(ValueError, match=re.escape("config key training.batch_size: a batch of 2000 exceeds the 1232")):
+        Plan(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -128,6 +128,10 @@ def test_bad_config_value_names_the_key(tmp_path):
     result = snakemake(["-n", *CI_CONFIG, "--config", "experiments={first_round: nonet}"], tmp_path)
     assert result.returncode != 0
     assert "experiments" in result.stdout + result.stderr
+    # a keyword the method does not take fails when the DAG is built, not in its job after extraction
+    result = snakemake(["-n", *CI_CONFIG, "--config", "methods={AQE: {m: 3}}"], tmp_path)
+    assert result.returncode != 0
+    assert "config key methods.AQE: 'm' is no keyword" in result.stdout + result.stderr
 
 
 def _check_per_query_analysis(tmp_path: Path, results: Path, table5: pd.DataFrame) -> None:
