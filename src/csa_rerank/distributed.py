@@ -91,7 +91,7 @@ def train_in_this_process(
 
     db = datasets.load_training_db(db_file)
     clusters = np.asarray(db["train"]["cluster"])
-    features = [h5io.read_array(path, "train") for path in feature_files]
+    features = [h5io.read_descriptors(path, "train") for path in feature_files]
     neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
     samples = TrainingSamples(features, neighbours, [clusters] * len(features))
     model_config = CSAConfig(**reranker)
