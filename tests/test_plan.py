@@ -370,6 +370,9 @@ def test_figure_layouts(plan):
 def test_targets(plan):
     assert plan.all_targets()[-1] == "<results>/report.html"
     assert "<results>/supp_table1.md" in plan.tables_and_figures() and "<results>/supp_fig2.png" in plan.all_targets()
+    # the galleries (folders) are targets, not inputs of the one-file HTML report, which refuses folders
+    gallery = "<results>/gallery/rparis6k"
+    assert gallery in plan.all_targets() and gallery not in plan.report_inputs()
 
 
 def test_per_query_analysis_compares_every_table5_row_with_the_first_round(plan):

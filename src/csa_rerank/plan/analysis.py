@@ -97,9 +97,14 @@ def method_label(plan: Plan) -> str:
 
 def outputs(plan: Plan) -> list[str]:
     """Everything the analysis adds to the report: Figure 3, per set the scatter plot and the most helped and
-    hurt queries, per test set the gallery."""
+    hurt queries.  Not the galleries: a folder in the report needs a zip report, and the report target is one
+    HTML file (``snakemake --report`` refuses a folder in it); they are targets of their own (:func:`galleries`)."""
     files = ["<results>/fig3.png", "<results>/fig3.csv"]
     for testset in plan.eval_sets:
         files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]
-    files += [f"<results>/gallery/{testset}" for testset in plan.test_sets]
     return files
+
+
+def galleries(plan: Plan) -> list[str]:
+    """The gallery of every test set (``snakemake --report <file>.zip`` shows them)."""
+    return [f"<results>/gallery/{testset}" for testset in plan.test_sets]

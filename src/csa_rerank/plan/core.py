@@ -260,7 +260,7 @@ class Plan:
         return (
             [f"<results>/{table}.csv" for table in self.tables]
             + [f"<results>/{figure}.png" for figure in self.figures]
-            + ["<results>/fig3.png", "<results>/report.html"]
+            + ["<results>/fig3.png", *analysis.galleries(self), "<results>/report.html"]
         )
 
     # -----------------------------------------------------------------------------------------------------------
