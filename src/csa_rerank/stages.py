@@ -197,7 +197,7 @@ def knn(
     """
     from .knn import RowStack, search
 
-    query = h5io.read_descriptors(testset_file, "query")
+    query = h5io.read_array(testset_file, "query")
     with contextlib.ExitStack() as files:
         parts = [files.enter_context(h5io.open_array(path, "db")) for path in (testset_file, distractors_file) if path]
         db = RowStack(parts)
