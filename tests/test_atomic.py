@@ -32,3 +32,11 @@ def test_json_text_and_figures(tmp_path):
     atomic.save_figure(figure, tmp_path / "curve.png", dpi=20)  # the format comes from the name, not ".part"
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "curve.png", "t.txt"]
+
+
+def test_a_temporary_name_with_the_extension_for_writers_that_check_it(tmp_path):
+    """snakemake --report writes .html or .zip only: rule report writes report.part.html, renamed when complete."""
+    with atomic.atomic_path(tmp_path / "report.html", keep_extension=True) as temporary:
+        assert temporary.name == "report.part.html"
+        temporary.write_text("<html></html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]

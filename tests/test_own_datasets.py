@@ -52,7 +52,7 @@ def test_plan_of_own_test_sets():
     )
     # the cross-feature tables use networks mydescs has no descriptors of
     assert not any("MyD" in column for row in plan.table_layout("supp_table1")["rows"] for column in row["cells"])
-    assert "<results>/gallery/mydescs" not in plan.report_inputs()
+    assert "<results>/gallery/mydescs.html" not in plan.report_inputs()
 
 
 def test_own_dataset_errors_name_the_key():

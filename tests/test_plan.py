@@ -265,6 +265,39 @@ def test_table4_and_supplementary_table1_cross_features():
     assert _labels(Plan(small()).table_layout("table4")) == ["X", "X+Ours"]
 
 
+def test_row_order_is_the_papers_not_the_mappings():
+    """Training sets and cross features are mapping keys: their rows follow the paper's, unknown labels last by
+    name, so that reordering the configuration changes no table."""
+    training_sets = {"rSfM120k": ["r101"], "Z": ["r50"], "AugrSfM120k": ["r50", "r101"], "C": ["r101"]}
+    for order in (list(training_sets), list(reversed(training_sets))):
+        sets = {name: training_sets[name] for name in order}
+        config = small(experiments__training_sets=sets, experiments__default_training_set="rSfM120k")
+        assert _labels(Plan(config).table_layout("table3")) == ["rSfM120k", "AugrSfM120k", "C", "Z"]
+    features = {"V-GeM-W": "r50", "R-GeM[O]-W": "rmac", "R-RMAC[O]": "r101"}
+    assert _labels(Plan(small(experiments__cross_features=features)).table_layout("supp_table1"))[::2] == [
+        "R-RMAC[O]",
+        "R-GeM[O]-W",
+        "V-GeM-W",
+    ]
+
+
+def test_params_do_not_depend_on_the_order_of_mappings(plan):
+    def reversed_mappings(value):
+        if isinstance(value, dict):
+            return {key: reversed_mappings(value[key]) for key in reversed(list(value))}
+        return value
+
+    other = Plan(reversed_mappings(small()))
+    for model in plan.models:
+        assert repr(other.reranker_config(model)) == repr(plan.reranker_config(model))
+        assert repr(other.training_hyperparameters(model)) == repr(plan.training_hyperparameters(model))
+    for slug in plan.method_of_slug:
+        assert repr(other.method_settings(slug)) == repr(plan.method_settings(slug))
+        assert repr(other.image_settings(slug, "r101")) == repr(plan.image_settings(slug, "r101"))
+    assert repr(other.fig3) == repr(plan.fig3) and repr(other.networks) == repr(plan.networks)
+    assert repr(other.table_layout("table5")) == repr(plan.table_layout("table5"))
+
+
 def test_table5_rows_in_registry_order(plan):
     layout = plan.table_layout("table5")
     assert _labels(layout) == [
@@ -337,6 +370,8 @@ def test_figure_layouts(plan):
 def test_targets(plan):
     assert plan.all_targets()[-1] == "<results>/report.html"
     assert "<results>/supp_table1.md" in plan.tables_and_figures() and "<results>/supp_fig2.png" in plan.all_targets()
+    # the galleries are one HTML file each, shown by the report
+    assert "<results>/gallery/rparis6k.html" in plan.report_inputs()
 
 
 def test_per_query_analysis_compares_every_table5_row_with_the_first_round(plan):
@@ -395,6 +430,22 @@ def test_fig3_defaults_and_choices():
         ({"experiments__fig2": {"hidden": [12]}}, "experiments.fig2.hidden", "head width 8"),
         ({"experiments__fig3": {"testset": "r1m"}}, "experiments.fig3.testset", "roxford5k, rparis6k"),
         ({"experiments__fig3": {"method": "DFS"}}, "experiments.fig3.method", "AQE, Affinity Feature"),
+        # what used to fail inside a job, after extraction (or was reported against another key)
+        ({"experiments__K": 5000}, "experiments.K", "4993 database images of roxford5k"),
+        ({"experiments__table1_K": [8, 6000]}, "experiments.table1_K", "at most 4993"),
+        ({"experiments__L": 6000}, "experiments.L", "at most 4993"),
+        ({"experiments__table2_L": [8, 7000]}, "experiments.table2_L", "at most 4993"),
+        ({"experiments__table6_K": [5019]}, "experiments.table6_K", "5018 database images of roxford5k+r1m"),
+        ({"training__warmup_epochs": 3}, "training.warmup_epochs", "warmup_epochs <= epochs"),
+        ({"training__batch_size": 100_000}, "training.batch_size", "batch_size <= 91642"),
+        ({"training__batch_size": 3}, "training.batch_size", "training.processes = 2"),
+        ({"training__K_train": 100_000}, "training.K_train", "91642 training images"),
+        ({"reranker__heads": 5}, "reranker.heads", "hidden size 32"),
+        ({"methods": {"AQE": {"m": 3}}}, "methods.AQE", "'m' is no keyword of csa_rerank.methods.qe.aqe; it accepts"),
+        ({"methods": {"GSS": {"epochs": 5, "rounds": 1}}}, "methods.GSS", "beta_percentile"),  # through **params
+        ({"methods": {"DSM": {"chanels": 5}}}, "methods.DSM", "channels"),  # DSM's rerank_with_network
+        ({"methods": {"CRL": {"fit": {"epochs": 2, "hiden": 8}}}}, "methods.CRL.fit", "hidden"),
+        ({"methods": {"AQE": {"fit": {}}}}, "methods.AQE.fit", "learns nothing"),
     ],
     ids=lambda value: value if isinstance(value, str) and "." in value else None,
 )
@@ -402,6 +453,17 @@ def test_bad_cross_key_values_name_the_key(changes, key, allowed):
     with pytest.raises(ValueError, match=re.escape(f"config key {key}: ")) as error:
         Plan(small(**changes))
     assert allowed in str(error.value)
+
+
+def test_demo_sizes_are_the_generated_ones():
+    config = validated(REPO / "configs" / "demo.yaml")
+    config["experiments"]["table1_K"].append(305)  # 11 landmarks x 24 views + 40 background images = 304
+    with pytest.raises(ValueError, match=re.escape("config key experiments.table1_K: 305 exceeds the 304 database")):
+        Plan(config)
+    config = validated(REPO / "configs" / "demo.yaml")
+    config["training"]["batch_size"] = 2000  # 56 clusters x 22 images = 1232 samples of rSfM120k (one network)
+    with pytest.raises(ValueError, match=re.escape("config key training.batch_size: a batch of 2000 exceeds the 1232")):
+        Plan(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -317,6 +317,36 @@ def test_checkpoint_of_other_configs_is_not_resumed(synthetic_samples, tmp_path)
     assert len(pd.read_csv(tmp_path / "train_log.csv")) == 1
 
 
+def test_finished_or_foreign_checkpoint_trains_every_epoch_again(synthetic_samples, tmp_path):
+    """A job that runs again after a finished training (forced, or new code or inputs) trains from scratch."""
+    train_config = replace(TINY_TRAINING, epochs=2)
+    quiet = dict(log=lambda message: None, progress=False)
+    first = torch.load(train(TINY_MODEL, train_config, synthetic_samples, tmp_path, "cpu", **quiet), weights_only=True)
+    for identity in ({}, {"code": "another digest"}):
+        messages = []
+        train(TINY_MODEL, train_config, synthetic_samples, tmp_path, "cpu", messages.append, False, identity=identity)
+        assert not any("resuming" in message for message in messages)
+        assert sum(message.startswith("epoch ") for message in messages) == 2, messages
+        assert list(pd.read_csv(tmp_path / "train_log.csv")["epoch"]) == [1, 2]
+    again = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first["state_dict"][name], again[name]) for name in again)  # CPU: the same weights
+
+
+def test_corrupt_checkpoint_is_set_aside(synthetic_samples, tmp_path):
+    train_config = replace(TINY_TRAINING, epochs=2)
+    quiet = dict(log=lambda message: None, progress=False)
+    train(TINY_MODEL, train_config, synthetic_samples, tmp_path, "cpu", **quiet, until_epoch=1)
+    checkpoint = tmp_path / "checkpoint-last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated, as by a full disk outside atomic_path
+    messages = []
+    train(TINY_MODEL, train_config, synthetic_samples, tmp_path, "cpu", messages.append, progress=False)
+    warning = next(message for message in messages if "cannot be read" in message)
+    assert str(checkpoint) in warning and "checkpoint-last.pt.corrupt" in warning
+    assert (tmp_path / "checkpoint-last.pt.corrupt").stat().st_size == 1000
+    assert list(pd.read_csv(tmp_path / "train_log.csv")["epoch"]) == [1, 2]
+    assert (tmp_path / "model.pt").exists()
+
+
 def test_load_model_rejects_other_files(tmp_path):
     not_csa = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, not_csa)
@@ -369,7 +399,7 @@ def run_training_stage(inputs, out_dir, processes):
     from csa_rerank import stages
 
     db_file, features_file, neighbours_file = inputs
-    out_dir.mkdir()
+    out_dir.mkdir(exist_ok=True)
     reranker = asdict(replace(TINY_MODEL, attn_dropout=0.0))
     training = {**asdict(replace(TINY_TRAINING, epochs=3, warmup_epochs=1, batch_size=16)), "code_world_size": 4}
     training.pop("world_size")
@@ -387,6 +417,29 @@ def run_training_stage(inputs, out_dir, processes):
         processes=processes,
         threads=processes,
     )
+
+
+def test_training_stage_trains_again_when_run_again_and_never_beside_another(tmp_path, caplog):
+    """What ``--forcerun train`` runs: all epochs again; and a training whose run/ another process trains in is
+    refused before it reads anything."""
+    from test_run_lock import hold_lock
+
+    inputs = write_training_inputs(tmp_path)
+    run_training_stage(inputs, tmp_path / "model", processes=1)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="csa_rerank"):
+        run_training_stage(inputs, tmp_path / "model", processes=1)
+    assert "end of a finished training" in caplog.text and "resuming" not in caplog.text
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3",
+                                                                                          "epoch 3/3"]  # fmt: skip
+    holder = hold_lock(tmp_path / "model" / "run")
+    try:
+        with pytest.raises(RuntimeError, match=f"process {holder.pid} on "):
+            run_training_stage(inputs, tmp_path / "model", processes=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(pd.read_csv(tmp_path / "model" / "run" / "train_log.csv")["epoch"]) == [1, 2, 3]
 
 
 @pytest.mark.e2e

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from csa_rerank import safe_pickle
 
@@ -42,6 +43,37 @@ def planned_jobs(output: str) -> dict[str, int]:
         return {}
     stats = output.split("Job stats:")[1].split("Reasons:")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
+
+
+def reordered_mappings(value):
+    """``value`` with the keys of every mapping in it in reverse order, the values unchanged."""
+    if isinstance(value, dict):
+        return {key: reordered_mappings(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [reordered_mappings(item) for item in value]
+    return value
+
+
+def write_reordered(config_file: Path, out: Path) -> Path:
+    config = yaml.safe_load(config_file.read_text())
+    out.write_text(yaml.safe_dump(reordered_mappings(config), sort_keys=False, allow_unicode=True))
+    assert yaml.safe_load(out.read_text()) == config and list(yaml.safe_load(out.read_text())) != list(config)
+    return out
+
+
+def test_reordering_every_mapping_of_the_demo_config_changes_no_param(tmp_path):
+    """A finished run has nothing to do after its config's mappings are reordered: every job of the demo plans the
+    params Snakemake compares with the recorded ones, string for string, whatever the order of the keys."""
+    reordered = write_reordered(REPO / "configs" / "demo.yaml", tmp_path / "reordered.yaml")
+    planned = {}
+    for name, config_file in (("original", REPO / "configs" / "demo.yaml"), ("reordered", reordered)):
+        command = [sys.executable, str(REPO / "tests" / "planned_params.py"), str(REPO / "Snakefile"), str(config_file)]
+        result = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        planned[name] = json.loads(result.stdout)
+    assert len(planned["original"]) > 300
+    changed = {job: params for job, params in planned["reordered"].items() if planned["original"].get(job) != params}
+    assert not changed, list(changed.items())[:3]
 
 
 def test_demo_dry_run_lists_every_stage(tmp_path):
@@ -96,6 +128,10 @@ def test_bad_config_value_names_the_key(tmp_path):
     result = snakemake(["-n", *CI_CONFIG, "--config", "experiments={first_round: nonet}"], tmp_path)
     assert result.returncode != 0
     assert "experiments" in result.stdout + result.stderr
+    # a keyword the method does not take fails when the DAG is built, not in its job after extraction
+    result = snakemake(["-n", *CI_CONFIG, "--config", "methods={AQE: {m: 3}}"], tmp_path)
+    assert result.returncode != 0
+    assert "config key methods.AQE: 'm' is no keyword" in result.stdout + result.stderr
 
 
 def _check_per_query_analysis(tmp_path: Path, results: Path, table5: pd.DataFrame) -> None:
@@ -236,10 +272,13 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
 
     _check_per_query_analysis(tmp_path, results, table5)
 
-    # nothing to do after a finished run
+    # nothing to do after a finished run, nor with every mapping of its configuration in another order
     result = snakemake(["-n", *CI_CONFIG], tmp_path)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+    reordered = write_reordered(REPO / "configs" / "ci.yaml", tmp_path / "reordered.yaml")
+    result = snakemake(["-n", "--replace-workflow-config", "--configfile", str(reordered)], tmp_path)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout, result.stdout[-3000:]
 
     # editing the code of one compared method (DFS) reruns its jobs and what reads their output, nothing else
     package = tmp_path / "edited" / "csa_rerank"

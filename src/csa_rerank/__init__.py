@@ -7,8 +7,9 @@ checks that they import each other without a cycle):
 What to compute
 - :mod:`csa_rerank.registry`   the datasets and re-ranking methods, one entry each
 - :mod:`csa_rerank.plan`       the experiments of a configuration: models, sweeps, table and figure layouts, inputs
-  (``core``, ``checks``, ``models``, ``tables``, ``figures``, ``analysis``, ``paths``)
+  (``core``, ``checks``, ``canonical``, ``models``, ``tables``, ``figures``, ``analysis``, ``paths``)
 - :mod:`csa_rerank.code_version`  the digest of the package code a workflow script runs (rerun on code changes)
+- :mod:`csa_rerank.snakemake_locks`  a finished Snakemake run removes its own locks only (a Snakemake 9 defect)
 
 Data
 - :mod:`csa_rerank.download`   downloads of the real datasets and networks (resumed, retried, checked), safe unpacking
@@ -55,6 +56,7 @@ Jobs
 - :mod:`csa_rerank.jobs`       each job's process settings (:func:`csa_rerank.jobs.prepare_job`, with
   :mod:`csa_rerank.allocator`) and its peak memory
 - :mod:`csa_rerank.atomic`     every file written under a temporary name and renamed when complete
+- :mod:`csa_rerank.run_lock`   one training per run folder (an flock held by the training process)
 - :mod:`csa_rerank.logs`       a job's log file
 """
 

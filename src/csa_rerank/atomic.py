@@ -18,16 +18,18 @@ TEMPORARY_SUFFIX = ".part"
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_extension: bool = False) -> Iterator[Path]:
     """The temporary path ``<path>.part`` to write ``path`` through (its folder is created).
 
     When the block succeeds the temporary file replaces ``path`` (one rename within a folder: atomic); when it
     raises, the temporary file is removed and ``path`` is left as it was.  Writers that infer the format from
-    the file name (matplotlib's ``savefig``) must be given it, since the temporary name ends in ``.part``.
+    the file name (matplotlib's ``savefig``) must be given it, since the temporary name ends in ``.part``, or
+    ``keep_extension``, for ``<stem>.part<extension>`` (``snakemake --report`` accepts .html and .zip only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
+    name = f"{path.stem}{TEMPORARY_SUFFIX}{path.suffix}" if keep_extension else path.name + TEMPORARY_SUFFIX
+    temporary = path.with_name(name)
     try:
         yield temporary
         os.replace(temporary, path)

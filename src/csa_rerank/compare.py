@@ -36,7 +36,7 @@ def fit_method(method: str, db_file: str, features_file: str, neighbours_file: s
         raise ValueError(f"{method!r} has nothing to fit; learned methods: {', '.join(LEARNED)}")
     module = importlib.import_module(f"csa_rerank.methods.{LEARNED[method]}")
     clusters = np.asarray(datasets.load_training_db(db_file)["train"]["cluster"])
-    features = h5io.read_array(features_file, "train")
+    features = h5io.read_descriptors(features_file, "train")
     neighbours = h5io.read_array(neighbours_file, "train")
     started = time.perf_counter()
     weights = module.fit(features, neighbours, clusters, **params)

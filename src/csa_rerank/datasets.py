@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import safe_pickle
@@ -30,7 +31,22 @@ def load_ground_truth(path: str | Path) -> dict:
         raise DatasetFormatError(f"{path}: ground-truth file lacks {', '.join(missing)}; is it a revisitop gnd pkl?")
     if len(cfg["gnd"]) != len(cfg["qimlist"]):
         raise DatasetFormatError(f"{path}: {len(cfg['qimlist'])} queries but {len(cfg['gnd'])} gnd entries")
+    for name, entry in zip(cfg["qimlist"], cfg["gnd"], strict=True):
+        _check_query_box(path, name, entry.get("bbx"))
     return cfg
+
+
+def _check_query_box(path: str | Path, query: str, bbx) -> None:
+    """A query box is four finite numbers x1 < x2, y1 < y2 (whether it lies in the image is checked when the image
+    is read: csa_rerank.extract.load_image)."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in bbx)
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"{path}: query {query}: bbx {bbx!r} is not four numbers (x1, y1, x2, y2)") from None
+    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x1 >= x2 or y1 >= y2:
+        raise DatasetFormatError(
+            f"{path}: query {query}: bbx {bbx!r} is empty or reversed; a box is (x1, y1, x2, y2) with x1 < x2, y1 < y2"
+        )
 
 
 def test_image_paths(root: str | Path, gnd: dict) -> tuple[list[Path], list[Path], list[list[float]]]:

@@ -73,8 +73,12 @@ def train_in_this_process(
     training: dict,
     run_dir: str,
     use_gpu: bool = True,
+    identity: dict | None = None,
 ) -> tuple[Path, dict]:
     """The training itself, in this process (alone, or as one process of a ``torch.distributed`` job).
+
+    ``identity`` (the code and input files the training stage runs on) is recorded in the checkpoints, which only
+    a run of the same identity resumes.
 
     Returns the path of the trained model (of the last checkpoint, for an unfinished run) and facts for the
     summary; process 0 also writes these facts to ``run_dir/facts.json``.
@@ -86,7 +90,7 @@ def train_in_this_process(
 
     db = datasets.load_training_db(db_file)
     clusters = np.asarray(db["train"]["cluster"])
-    features = [h5io.read_array(path, "train") for path in feature_files]
+    features = [h5io.read_descriptors(path, "train") for path in feature_files]
     neighbours = [h5io.read_array(path, "train") for path in neighbour_files]
     samples = TrainingSamples(features, neighbours, [clusters] * len(features))
     model_config, train_config = configs_from_settings(reranker, training)
@@ -96,7 +100,16 @@ def train_in_this_process(
     logger.info("training %s on %d samples (%d backbones) on %s", model_config, len(samples), len(features), device)
     # Progress bars only in a single process: from torchrun workers the epoch lines are the progress report.
     distributed = dist.is_initialized()
-    final = train(model_config, train_config, samples, run_dir, device, log=logger.info, progress=not distributed)
+    final = train(
+        model_config,
+        train_config,
+        samples,
+        run_dir,
+        device,
+        log=logger.info,
+        progress=not distributed,
+        identity=identity,
+    )
     facts = {
         "n_samples": len(samples),
         "n_backbones": len(features),

@@ -17,6 +17,7 @@ Unlike cirtorch (batch size 1), images of equal size are batched; decoding happe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .networks import GeM, RetrievalNet, l2n
+
+logger = logging.getLogger("csa_rerank")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,10 +53,22 @@ def load_image(path: str | Path, image_size: int, bbx: Sequence[float] | None = 
     full = max(img.size)
     target = float(image_size)
     if bbx is not None:
-        img = img.crop(tuple(float(v) for v in bbx))
+        img = img.crop(_query_box(path, bbx, img.size))
         target = image_size * max(img.size) / full
     img.thumbnail((target, target), Image.Resampling.LANCZOS, reducing_gap=None)
     return img
+
+
+def _query_box(path: str | Path, bbx: Sequence[float], size: tuple[int, int]) -> tuple[float, ...]:
+    """The box as given (cirtorch crops it as is, padding what lies outside with black: the published numbers),
+    with a warning when it reaches outside the image, refused when nothing of it is inside."""
+    box = tuple(float(v) for v in bbx)
+    width, height = size
+    if box[0] >= width or box[1] >= height or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"query image {path}: its box {box} lies outside the image ({width} x {height})")
+    if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+        logger.warning("query image %s: its box %s reaches outside the image (%d x %d)", path, box, width, height)
+    return box
 
 
 def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -47,10 +47,31 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | 
             handle.attrs[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
 
 
+# Descriptors are unit vectors up to float32 rounding and post-whitening's own normalisation.
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+class UnreadableFileError(OSError):
+    """An HDF5 input that cannot be read: truncated, corrupt, or no HDF5 file at all."""
+
+
+@contextmanager
+def open_file(path: str | Path) -> Iterator[h5py.File]:
+    """An HDF5 file open for reading; any failure to read it names the file."""
+    try:
+        with h5py.File(path, "r") as handle:
+            yield handle
+    except OSError as err:
+        raise UnreadableFileError(
+            f"cannot read {path} ({err}): the file is missing, truncated or corrupt; delete it and rerun the job "
+            "that writes it"
+        ) from err
+
+
 @contextmanager
 def open_array(path: str | Path, name: str) -> Iterator[h5py.Dataset]:
     """One dataset of an HDF5 file, open for reading slices (``dataset[start:stop]``) rather than all of it."""
-    with h5py.File(path, "r") as handle:
+    with open_file(path) as handle:
         if name not in handle:
             raise KeyError(f"{path}: no dataset '{name}' (has: {', '.join(handle.keys())})")
         yield handle[name]
@@ -62,15 +83,33 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
         return dataset[()]
 
 
+def read_descriptors(path: str | Path, name: str) -> np.ndarray:
+    """Descriptor rows ``path[name]``, checked: finite, none zero, each of unit L2 norm (the contract above)."""
+    rows = read_array(path, name)
+    finite = np.isfinite(rows).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], rows, 0), axis=1)
+    for bad, what in (
+        (~finite, "not finite (NaN or inf)"),
+        (finite & (norms == 0), "zero"),
+        (finite & (norms > 0) & (np.abs(norms - 1) > UNIT_NORM_TOLERANCE), "not of unit norm"),
+    ):
+        if bad.any():
+            raise ValueError(
+                f"{path}: {int(bad.sum())} of the {len(rows)} rows of '{name}' are {what} (first: row "
+                f"{int(np.argmax(bad))}); descriptors are L2-normalised: delete the file and rerun its extraction"
+            )
+    return rows
+
+
 def read_attrs(path: str | Path) -> dict:
-    with h5py.File(path, "r") as handle:
+    with open_file(path) as handle:
         return dict(handle.attrs)
 
 
 def load_test_descriptors(testset_file: str, distractors_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(queries [Q, D], database [N, D]); distractor rows are appended after the test set's own database."""
-    query = read_array(testset_file, "query")
-    db = read_array(testset_file, "db")
+    query = read_descriptors(testset_file, "query")
+    db = read_descriptors(testset_file, "db")
     if distractors_file:
-        db = np.concatenate([db, read_array(distractors_file, "db")])
+        db = np.concatenate([db, read_descriptors(distractors_file, "db")])
     return query, db

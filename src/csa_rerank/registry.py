@@ -33,6 +33,9 @@ class Dataset:
     listing: str  # file in root: ground truth (test), image list (distractors), db pickle (training, whitening)
     images: str  # image folder in root
     label: str  # in table columns ("ROxf Medium", "ROxf+R1M Hard")
+    # database images (test set) or train-split images (training set) of the real data, which K, L and the batch
+    # are checked against when the DAG is built; None where unknown
+    images_count: int | None = None
     # given as descriptor files instead of images (extraction skipped): (network, file) pairs; the listing is then
     # a path of its own, not under <data>
     descriptors: tuple[tuple[str, str], ...] = ()
@@ -57,24 +60,24 @@ def own_dataset(name: str, spec: dict) -> Dataset:
     label = spec.get("label", name)
     if spec.get("descriptors"):
         descriptors = tuple(sorted(spec["descriptors"].items()))
-        return Dataset(name, spec["kind"], "", spec["listing"], "", label, descriptors)
+        return Dataset(name, spec["kind"], "", spec["listing"], "", label, descriptors=descriptors)
     if spec["kind"] == TEST:
         return revisitop_test_set(name, label)
     return Dataset(name, TRAINING, f"train/{name}", f"{name}.pkl", "ims", label)
 
 
-def revisitop_test_set(name: str, label: str | None = None) -> Dataset:
+def revisitop_test_set(name: str, label: str | None = None, images_count: int | None = None) -> Dataset:
     """A test set in revisitop's layout: <data>/test/<name>/jpg/ and <data>/test/<name>/gnd_<name>.pkl."""
-    return Dataset(name, TEST, f"test/{name}", f"gnd_{name}.pkl", "jpg", label or name)
+    return Dataset(name, TEST, f"test/{name}", f"gnd_{name}.pkl", "jpg", label or name, images_count=images_count)
 
 
 _SFM = "train/retrieval-SfM-120k"  # cirtorch's folder of the training and whitening sets (one image folder)
 
 DATASETS: tuple[Dataset, ...] = (
-    revisitop_test_set("roxford5k", "ROxf"),
-    revisitop_test_set("rparis6k", "RPar"),
+    revisitop_test_set("roxford5k", "ROxf", 4993),
+    revisitop_test_set("rparis6k", "RPar", 6322),
     Dataset("r1m", DISTRACTORS, "revisitop1m", "revisitop1m.txt", "jpg", "R1M"),
-    Dataset("rsfm120k", TRAINING, _SFM, "retrieval-SfM-120k.pkl", "ims", "rSfM120k"),
+    Dataset("rsfm120k", TRAINING, _SFM, "retrieval-SfM-120k.pkl", "ims", "rSfM120k", 91642),
     Dataset("rsfm120k-whiten", WHITENING, _SFM, "retrieval-SfM-120k-whiten.pkl", "ims", "rSfM120k-whiten"),
 )
 

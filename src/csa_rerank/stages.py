@@ -355,16 +355,21 @@ def train(
     use_gpu: bool = True,
     processes: int = 1,
     threads: int = 1,
+    code: str = "",
 ) -> dict:
     """Train one re-ranker on the training split's samples of one or several backbones.
 
     With ``processes`` > 1 the training runs data-parallel in that many processes started with ``torchrun``
     (one per GPU on CUDA, gloo processes sharing ``threads`` on the CPU); the result is the same up to float
     rounding.  The resumable state (last-epoch checkpoint, running log) lives in ``<model dir>/run/``, which
-    Snakemake does not delete before a rerun, so an interrupted job continues where it stopped.
+    Snakemake does not delete before a rerun, so an interrupted job continues where it stopped; this process holds
+    the lock of ``run/`` while it trains (:mod:`csa_rerank.run_lock`).  The checkpoint records ``code`` (the
+    digest of the training code, the rule's ``code`` param) and the inputs' sizes and times, beside the settings:
+    it is resumed only by the same code on the same files (:func:`csa_rerank.training.train`).
     """
     import shutil
 
+    from .run_lock import exclusive
     from .training import plot_loss_curve
 
     run_dir = Path(model_path).parent / "run"
@@ -376,16 +381,18 @@ def train(
         training=training,
         run_dir=str(run_dir),
         use_gpu=use_gpu,
+        identity={"code": code, "inputs": _file_stamps([db_file, *feature_files, *neighbour_files])},
     )
     start = time.perf_counter()
     from .distributed import launch, train_in_this_process
 
-    if processes > 1:
-        launch(settings, processes, threads_per_process=max(1, threads // processes), log=log.info)
-        final = run_dir / "model.pt"
-        facts = json.loads((run_dir / "facts.json").read_text())
-    else:
-        final, facts = train_in_this_process(**settings)
+    with exclusive(run_dir, log=log.warning):
+        if processes > 1:
+            launch(settings, processes, threads_per_process=max(1, threads // processes), log=log.info)
+            final = run_dir / "model.pt"
+            facts = json.loads((run_dir / "facts.json").read_text())
+        else:
+            final, facts = train_in_this_process(**settings)
     seconds = time.perf_counter() - start
     for source, copy in ((final, model_path), (run_dir / "train_log.csv", log_csv)):
         with atomic_path(copy) as temporary:
@@ -394,6 +401,12 @@ def train(
     summary = {**facts, "processes": processes, "seconds_this_run": round(seconds, 2)}
     write_json(summary_path, summary)
     return summary
+
+
+def _file_stamps(paths: list[str]) -> list[list]:
+    """(path, size, modification time in ns) of each file: what tells a checkpoint's inputs from rewritten ones
+    without reading gigabytes of descriptors (Snakemake itself compares large inputs by time)."""
+    return [[path, Path(path).stat().st_size, Path(path).stat().st_mtime_ns] for path in paths]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -444,35 +445,76 @@ def _start_run(model_config: CSAConfig, train_config: TrainConfig, device: torch
     return _Run(model, forward, optimizer, scaler, sampler)
 
 
-def _restore(run: _Run, out_dir: Path, configs: dict, seed: int, log: Callable[[str], None]) -> tuple[int, int]:
-    """Load the checkpoint of ``out_dir`` into ``run`` if it was saved with the same configurations; returns the
-    (epoch, step) to continue from, (0, 0) for a fresh start (whose stale log process 0 deletes)."""
+# what an unreadable checkpoint raises: a truncated zip (RuntimeError), a cut or garbled pickle, a missing entry
+CORRUPT_CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError)
+
+
+def _read_checkpoint(path: Path, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint at ``path``, None if there is none or it cannot be read; process 0 sets an unreadable one
+    aside as ``<name>.corrupt`` (kept for inspection), so that the rerun after this one does not meet it again."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint["configs"], checkpoint["epoch"]  # noqa: B018 - a checkpoint without them is no checkpoint
+        return checkpoint
+    except CORRUPT_CHECKPOINT_ERRORS as error:
+        if _process_group()[0] == 0:
+            path.replace(path.with_name(path.name + ".corrupt"))
+        log(f"WARNING: {path} cannot be read ({type(error).__name__}: {error}); set aside as {path.name}.corrupt, "
+            "training starts from scratch")  # fmt: skip
+        return None
+
+
+def _resumable(checkpoint: dict, configs: dict, epochs: int, path: Path, log: Callable[[str], None]) -> bool:
+    """Whether to continue from ``checkpoint``: only a run of the same configurations (settings, code, inputs)
+    that stopped before its last epoch.  A finished one is never continued: a training job that runs although its
+    checkpoint is final was forced or found its outputs stale (Snakemake deletes them before it runs a job), and
+    either way asks for the training again."""
+    if checkpoint["configs"] != configs:
+        log(f"{path} was saved with other configurations, code or input files; starting from scratch")
+        return False
+    if checkpoint["epoch"] >= epochs:
+        log(f"{path} is the end of a finished training, which this job was asked to redo; starting from scratch")
+        return False
+    return True
+
+
+def _load_state(run: _Run, checkpoint: dict, seed: int, path: Path, log: Callable[[str], None]) -> tuple[int, int]:
+    """Load ``checkpoint`` into ``run``; returns its (epoch, step)."""
     rank, processes = _process_group()
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint["scaler"]:  # empty when saved without AMP
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+    rng_states = checkpoint["rng"]
+    if len(rng_states) == processes:
+        _set_rng_state(rng_states[rank], run.sampler)
+    else:  # the batches stay those of an uninterrupted run; only the dropout draws change
+        _set_rng_state(rng_states[0], run.sampler)
+        torch.manual_seed(seed + rank + 1000 * start_epoch)
+        log(
+            f"{path} was saved by {len(rng_states)} processes, resuming with {processes}: "
+            "dropout random streams are re-seeded, so weights will differ from an uninterrupted run"
+        )
+    return start_epoch, step
+
+
+def _restore(
+    run: _Run, out_dir: Path, configs: dict, train_config: TrainConfig, log: Callable[[str], None]
+) -> tuple[int, int]:
+    """Load the checkpoint of ``out_dir`` into ``run`` if :func:`_resumable`; returns the (epoch, step) to
+    continue from, (0, 0) for a fresh start (whose stale log process 0 deletes)."""
+    rank, _ = _process_group()
     checkpoint_path, log_csv = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
+    checkpoint = _read_checkpoint(checkpoint_path, log)
     start_epoch, step = 0, 0
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint["configs"] == configs:
-            run.model.load_state_dict(checkpoint["model"])
-            run.optimizer.load_state_dict(checkpoint["optimizer"])
-            if checkpoint["scaler"]:  # empty when saved without AMP
-                run.scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-            rng_states = checkpoint["rng"]
-            if len(rng_states) == processes:
-                _set_rng_state(rng_states[rank], run.sampler)
-            else:  # the batches stay those of an uninterrupted run; only the dropout draws change
-                _set_rng_state(rng_states[0], run.sampler)
-                torch.manual_seed(seed + rank + 1000 * start_epoch)
-                log(
-                    f"{checkpoint_path} was saved by {len(rng_states)} processes, resuming with {processes}: "
-                    "dropout random streams are re-seeded, so weights will differ from an uninterrupted run"
-                )
-            if rank == 0:
-                _truncate_log(log_csv, start_epoch)
-            log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
-        else:
-            log(f"{checkpoint_path} was saved with other configurations; starting from scratch")
+    if checkpoint is not None and _resumable(checkpoint, configs, train_config.epochs, checkpoint_path, log):
+        start_epoch, step = _load_state(run, checkpoint, train_config.seed, checkpoint_path, log)
+        if rank == 0:
+            _truncate_log(log_csv, start_epoch)
+        log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
     if start_epoch == 0 and rank == 0:
         log_csv.unlink(missing_ok=True)
     return start_epoch, step
@@ -559,6 +601,7 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool = True,
     until_epoch: int | None = None,
+    identity: dict | None = None,
 ) -> Path:
     """Train a CSA re-ranker; resumable, data-parallel when called in every process of a ``torch.distributed``
     job.
@@ -566,9 +609,9 @@ def train(
     SGD with momentum on :func:`parameter_groups`, per-iteration :func:`warmup_cosine` learning rate, shuffled
     batches (drop_last) from a generator seeded with ``train_config.seed``, fp16 AMP on CUDA.  After every
     epoch (:func:`train_one_epoch`) the full state goes to ``out_dir/checkpoint-last.pt`` and one row to
-    ``out_dir/train_log.csv``.  A call finding a checkpoint saved with the same configurations continues from
-    it, so a run killed or stopped early (``until_epoch``) and started again ends with the same weights as an
-    uninterrupted one (bit-exact on CPU).
+    ``out_dir/train_log.csv``.  A call finding an unfinished checkpoint saved with the same configurations and
+    ``identity`` continues from it, so a run killed or stopped early (``until_epoch``) and started again ends with
+    the same weights as an uninterrupted one (bit-exact on CPU); an unreadable checkpoint is set aside.
 
     With P processes, process r computes samples [r B/P, (r+1) B/P) of each global batch of B and DDP averages
     the gradients; the losses are means over samples, so this is the single-process update up to float
@@ -579,13 +622,16 @@ def train(
     Args:
         samples: moved to ``device`` (in place) before the first batch.
         until_epoch: stop once this many epochs (counted from the start of the run) are done; None = all.
+        identity: what else must be equal for a checkpoint to be continued (the training stage: the code's digest
+            and the input files' stamps), saved with the configurations.  A finished checkpoint is never
+            continued: a second call with the same arguments trains again.
     Returns:
         ``out_dir/model.pt`` (config + weights) when all epochs are done, else ``out_dir/checkpoint-last.pt``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    configs = {"model_config": asdict(model_config), "train_config": asdict(train_config)}
+    configs = {"model_config": asdict(model_config), "train_config": asdict(train_config), "identity": identity or {}}
     rank, processes = _process_group()
     if train_config.batch_size % processes != 0:
         raise ValueError(f"batch_size={train_config.batch_size} is not divisible by {processes} processes")
@@ -593,7 +639,7 @@ def train(
     steps_per_epoch = len(samples) // train_config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(samples)} samples give no full batch of {train_config.batch_size}")
-    start_epoch, step = _restore(run, out_dir, configs, train_config.seed, log)
+    start_epoch, step = _restore(run, out_dir, configs, train_config, log)
     samples = samples.to(device)
     lr_at = train_config.schedule(steps_per_epoch)
     stop_epoch = train_config.epochs if until_epoch is None else min(until_epoch, train_config.epochs)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from csa_rerank import code_version, download, registry
+from csa_rerank import code_version, download, registry, snakemake_locks
 from csa_rerank.plan import Plan, alternatives, paths
+
+# a run that ends removes its own locks only, not those of the runs still going (docs/snakemake-lock-defect.md)
+snakemake_locks.keep_other_runs_locks()
 
 validate(config, schema="../schemas/config.schema.yaml")
 

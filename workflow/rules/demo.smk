@@ -23,8 +23,8 @@ if config.get("demo"):
         params:
             code=script_code("generate_demo.py"),
             seed=demo_seed,
-            image_size=config["demo"]["image_size"],
-            sizes=config["demo"]["testsets"],
+            image_size=plan.config["demo"]["image_size"],
+            sizes=plan.config["demo"]["testsets"],
         script:
             "../scripts/generate_demo.py"
 
@@ -40,9 +40,9 @@ if config.get("demo"):
                 "../../envs/torch.yaml"
             params:
                 code=script_code("generate_demo.py"),
-                seed=config["demo"]["seed"] + 100,
-                image_size=config["demo"]["image_size"],
-                sizes=config["demo"]["distractors"],
+                seed=plan.config["demo"]["seed"] + 100,
+                image_size=plan.config["demo"]["image_size"],
+                sizes=plan.config["demo"]["distractors"],
             script:
                 "../scripts/generate_demo.py"
 
@@ -56,8 +56,8 @@ if config.get("demo"):
             "../../envs/torch.yaml"
         params:
             code=script_code("generate_demo.py"),
-            seed=config["demo"]["seed"] + 200,
-            image_size=config["demo"]["image_size"],
-            sizes=config["demo"]["training"],
+            seed=plan.config["demo"]["seed"] + 200,
+            image_size=plan.config["demo"]["image_size"],
+            sizes=plan.config["demo"]["training"],
         script:
             "../scripts/generate_demo.py"

@@ -25,7 +25,7 @@ rule evaluate_val:
         gpu=1,
     params:
         code=script_code("evaluate_val.py"),
-        settings=config["rerank"],
+        settings=plan.config["rerank"],
     script:
         "../scripts/evaluate_val.py"
 

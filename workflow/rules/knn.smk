@@ -18,7 +18,7 @@ rule knn:
     threads: 2
     params:
         code=script_code("knn.py"),
-        memory_gb=config["knn"]["memory_gb"],
+        memory_gb=plan.config["knn"]["memory_gb"],
     script:
         "../scripts/knn.py"
 
@@ -40,6 +40,6 @@ rule train_neighbours:
     params:
         code=script_code("train_neighbours.py"),
         k=plan.train_topk,
-        memory_gb=config["knn"]["memory_gb"],
+        memory_gb=plan.config["knn"]["memory_gb"],
     script:
         "../scripts/train_neighbours.py"

@@ -20,7 +20,7 @@ rule rerank_csa:
         gpu=1,
     params:
         code=script_code("rerank_csa.py"),
-        settings=config["rerank"],
+        settings=plan.config["rerank"],
         latency_queries=plan.experiments["latency_queries"],
     script:
         "../scripts/rerank_csa.py"

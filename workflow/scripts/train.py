@@ -19,4 +19,5 @@ stages.train(
     # must not retrain.
     processes=snakemake.config["training"]["processes"],
     threads=snakemake.threads,
+    code=snakemake.params.code,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from .canonical import canonical
 from .tables import PROTOCOL_LABELS, table5
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def per_query_tables(plan: Plan, testset: str) -> list[str]:
 
 def fig3_settings(plan: Plan) -> dict:
     """``experiments.fig3`` with its defaults; the test set defaults to the first one (ROxf in the paper)."""
-    settings = {**FIG3_DEFAULTS, "testset": plan.test_sets[0], **plan.experiments.get("fig3", {})}
+    settings = canonical({**FIG3_DEFAULTS, "testset": plan.test_sets[0], **plan.experiments.get("fig3", {})})
     if settings["testset"] not in plan.test_sets:
         raise ValueError(
             f"config key experiments.fig3.testset: {settings['testset']!r} is not one of datasets.test "
@@ -102,7 +103,7 @@ def method_label(plan: Plan) -> str:
 
 def outputs(plan: Plan) -> list[str]:
     """Everything the analysis adds to the report: Figure 3, per set the scatter plot and the most helped and
-    hurt queries, per test set the gallery."""
+    hurt queries, per test set with images the gallery (one HTML file each: the report embeds files)."""
     files = ["<results>/fig3.png", "<results>/fig3.csv"]
     for testset in plan.eval_sets:
         files += [f"<results>/per_query/{testset}/scatter.png", f"<results>/per_query/{testset}/help_hurt.csv"]

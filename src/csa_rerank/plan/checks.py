@@ -4,6 +4,9 @@ key and what it may be."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+
 from csa_rerank import registry
 
 
@@ -17,6 +20,10 @@ def check_config(config: dict) -> None:
     check_methods(config.get("methods", {}))
     check_networks(config)
     check_training_sets(config["experiments"])
+    check_candidates(config)
+    check_training(config)
+    check_reranker(config["reranker"])
+    check_method_keywords(config.get("methods", {}))
 
 
 def _check_dataset(key: str, name: str, kinds: tuple[str, ...], own: dict) -> None:
@@ -121,3 +128,153 @@ def distractor_images(config: dict) -> int | None:
             f"the number of images of {datasets['distractors']} is needed to plan its extraction shards",
         )
     return datasets.get("distractor_images")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sizes: what would otherwise fail inside a job, after hours of extraction
+
+
+def database_images(config: dict, testset: str) -> int | None:
+    """The database images of a test set: the demo's generated count, the registry's for the real data."""
+    if config.get("demo"):
+        sizes = config["demo"].get("testsets")
+        return sizes and sizes["n_landmarks"] * sizes["db_views_per_landmark"] + sizes["n_background"]
+    return registry.dataset(testset).images_count
+
+
+def training_images(config: dict) -> int | None:
+    """The images of the training set's train split, i.e. the samples of one backbone."""
+    if config.get("demo"):
+        sizes = config["demo"].get("training")
+        return sizes and sizes["n_clusters"] * sizes["images_per_cluster"]
+    return registry.dataset(config["datasets"]["training"]).images_count
+
+
+def check_candidates(config: dict) -> None:
+    """The K candidates and the L anchors are database images.  (L may exceed K: the anchors are the top L of the
+    whole first-round list, and the paper's Table 2 has L = 1280 at K = 1024.)"""
+    experiments, datasets = config["experiments"], config["datasets"]
+    used = {
+        "experiments.K": [experiments["K"]],
+        "experiments.table1_K": experiments["table1_K"],
+        "experiments.L": [experiments["L"]],
+        "experiments.table2_L": experiments["table2_L"],
+    }
+    for testset in datasets["test"]:
+        images = database_images(config, testset)
+        if images is None:
+            continue
+        for key, values in used.items():
+            if max(values) > images:
+                config_error(key, f"{max(values)} exceeds the {images} database images of {testset}; at most {images}")
+        if datasets.get("distractors"):  # table 6 re-ranks the sets with distractors only
+            images += distractor_images(config)
+            if max(experiments["table6_K"]) > images:
+                config_error(
+                    "experiments.table6_K",
+                    f"{max(experiments['table6_K'])} exceeds the {images} database images of "
+                    f"{testset}+{datasets['distractors']}; at most {images}",
+                )
+
+
+def check_training(config: dict) -> None:
+    training, experiments = config["training"], config["experiments"]
+    if training.get("warmup_epochs", 0) > training.get("epochs", 100):
+        config_error(
+            "training.warmup_epochs",
+            f"{training['warmup_epochs']} warm-up epochs exceed the {training.get('epochs', 100)} epochs of "
+            "training (training.epochs); 0 <= warmup_epochs <= epochs",
+        )
+    batch = training.get("batch_size", 256)
+    for key in ("code_world_size", "processes"):
+        if batch % training.get(key, 1):
+            config_error("training.batch_size", f"{batch} is not divisible by training.{key} = {training[key]}")
+    images = training_images(config)
+    if images is None:
+        return
+    smallest = min(len(networks) for networks in experiments["training_sets"].values()) * images
+    if batch > smallest:
+        config_error(
+            "training.batch_size",
+            f"a batch of {batch} exceeds the {smallest} samples of the smallest training set "
+            f"({images} training images per network); batch_size <= {smallest}",
+        )
+    if training.get("K_train", 512) > images:
+        config_error("training.K_train", f"{training['K_train']} tokens exceed the {images} training images")
+
+
+def check_reranker(reranker: dict) -> None:
+    if reranker.get("hidden", 768) % reranker.get("heads", 12):
+        config_error(
+            "reranker.heads",
+            f"{reranker.get('heads', 12)} heads do not divide the hidden size {reranker.get('hidden', 768)} "
+            "(reranker.hidden); choose a divisor of it",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# method keywords, read from the methods' source: importing the methods would import torch into every dry run
+
+
+def _functions(module: str) -> tuple[dict[str, ast.FunctionDef], dict[str, set[str]]]:
+    """The module's top-level functions, and the annotated fields of its classes (dataclasses)."""
+    tree = ast.parse(open(importlib.util.find_spec(module).origin, encoding="utf-8").read())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    fields = {
+        node.name: {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+    }
+    return functions, fields
+
+
+def accepted_keywords(module: str, function: str) -> set[str] | None:
+    """The keywords ``module.function`` accepts, following its ``**kwargs`` into the functions and dataclasses of
+    the same module it passes them to; None when they go anywhere else (then any keyword may be valid)."""
+    functions, fields = _functions(module)
+
+    def keywords(name: str) -> set[str] | None:
+        node = functions[name]
+        names = {arg.arg for arg in node.args.args + node.args.kwonlyargs}
+        if node.args.kwarg is None:
+            return names
+        for call in ast.walk(node):
+            forwards = isinstance(call, ast.Call) and any(
+                k.arg is None and isinstance(k.value, ast.Name) and k.value.id == node.args.kwarg.arg
+                for k in call.keywords
+            )
+            if not forwards:
+                continue
+            callee = call.func.id if isinstance(call.func, ast.Name) else None
+            further = keywords(callee) if callee in functions else fields.get(callee)
+            if further is None:
+                return None
+            names |= further
+        return names
+
+    return keywords(function)
+
+
+def _check_keywords(key: str, settings: dict, module: str, function: str) -> None:
+    accepted = accepted_keywords(module, function)
+    unknown = sorted(set(settings) - (accepted or set(settings)))
+    if unknown:
+        config_error(
+            key,
+            f"{', '.join(map(repr, unknown))} is no keyword of {module}.{function}; it accepts: "
+            f"{', '.join(sorted(accepted))}",
+        )
+
+
+def check_method_keywords(methods: dict) -> None:
+    """Every key of ``methods.<label>`` is a keyword of the method's function and every key of its ``fit`` one of
+    its module's ``fit``."""
+    for label, settings in methods.items():
+        entry = registry.method(label)
+        # DSM re-ranks through rerank_with_network (csa_rerank.compare), which computes the activations first
+        function = "rerank_with_network" if entry.needs_images else entry.function.partition(":")[2]
+        _check_keywords(f"methods.{label}", {k: v for k, v in settings.items() if k != "fit"}, entry.module, function)
+        if "fit" in settings:
+            if not entry.fitted_by:
+                config_error(f"methods.{label}.fit", f"{label} learns nothing: it has no fit settings")
+            _check_keywords(f"methods.{label}.fit", settings["fit"], f"csa_rerank.methods.{entry.fitted_by}", "fit")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from csa_rerank import download, registry
 
 from . import analysis, checks, figures, models, paths, tables
+from .canonical import canonical
 
 
 def alternatives(names: Iterable[str]) -> str:
@@ -26,7 +27,8 @@ def _same(path: str) -> str:
 class Plan:
     def __init__(self, config: dict):
         checks.check_config(config)
-        self.config = config
+        # every mapping's keys sorted, so that no param depends on the order of a YAML mapping (.canonical)
+        self.config = config = canonical(config)
         datasets = config["datasets"]
         # datasets of the configuration's own (datasets.own), beside the registry's
         self.own_datasets = {name: registry.own_dataset(name, spec) for name, spec in datasets.get("own", {}).items()}
@@ -39,11 +41,16 @@ class Plan:
         self.networks: dict[str, dict] = config["networks"]
         self.experiments = experiments = config["experiments"]
         self.first_round, self.K, self.L = experiments["first_round"], experiments["K"], experiments["L"]
-        self.training_sets: dict[str, list[str]] = experiments["training_sets"]
+        # rows of tables 3 and 5, in the paper's order
+        self.training_sets: dict[str, list[str]] = _in_paper_order("table3", experiments["training_sets"])
         self.default_training_set: str = experiments["default_training_set"]
-        self.cross_features: dict[str, str] = experiments.get("cross_features", {})
+        self.cross_features: dict[str, str] = _in_paper_order("supp_table1", experiments.get("cross_features", {}))
         # Table 4 shows the whitened features of supplementary table 1 under labels without "-W"; its own if set.
-        self.cross_features_table4 = experiments.get("cross_features_table4") or self.cross_features
+        self.cross_features_table4 = (
+            _in_paper_order("table4", experiments["cross_features_table4"])
+            if experiments.get("cross_features_table4")
+            else self.cross_features
+        )
         # Extraction settings that change descriptors (rerun triggers); the shard size only cuts the jobs.
         self.extraction_settings = {k: v for k, v in config["extraction"].items() if k != "shard_size"}
         # The distractors are extracted in shards of extraction.shard_size images, one job each, merged into one file.
@@ -207,13 +214,13 @@ class Plan:
     def reranker_config(self, model: str) -> dict:
         """config["reranker"] with the model's anchor length and its variant's changes (figures)."""
         spec = self.models[model]
-        return {**self.config["reranker"], "anchors": spec["anchors"], **spec.get("reranker", {})}
+        return canonical({**self.config["reranker"], "anchors": spec["anchors"], **spec.get("reranker", {})})
 
     def training_hyperparameters(self, model: str) -> dict:
         """config["training"] with the model variant's changes (figures), without the process count, which does
         not change the result (no rerun trigger)."""
         settings = {key: value for key, value in self.config["training"].items() if key != "processes"}
-        return {**settings, **self.models[model].get("training", {})}
+        return canonical({**settings, **self.models[model].get("training", {})})
 
     def val_evaluation(self, model: str) -> str:
         """The evaluation of a model on the training set's val split (first-round network, K, L)."""
@@ -247,7 +254,7 @@ class Plan:
         image size; other methods: nothing."""
         if not registry.method(self.method_of_slug[slug]).needs_images:
             return {}
-        return {"network": self.networks[network], "image_size": self.config["extraction"]["image_size"]}
+        return canonical({"network": self.networks[network], "image_size": self.config["extraction"]["image_size"]})
 
     def fit_settings(self, module: str) -> dict:
         """The training parameters of a learned method's fit (config methods.<label>.fit of its first label)."""
@@ -306,6 +313,10 @@ class Plan:
 
     def fig3_method(self) -> str:
         return analysis.method_label(self)
+
+
+def _in_paper_order(table: str, rows: dict) -> dict:
+    return {label: rows[label] for label in tables.paper_order(table, rows)}
 
 
 def _resolve(cells: dict, resolve: Callable[[str], str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from csa_rerank import registry
+from csa_rerank.tables import PAPER
 
 from .paths import csa, evaluation, method_lists, model_summary
 
@@ -26,6 +27,18 @@ TABLE6_METHODS = {
     "αQE": {"Space Cplx.": "O(Nd)", "Time Cplx.": "O(Nd + kd)"},
 }
 OURS_COMPLEXITY = {"Space Cplx.": "O(Nd)", "Time Cplx.": "O(KLd + K^2)"}
+
+
+def paper_order(table: str, labels) -> list[str]:
+    """Row labels (a table's training sets or cross features) in the order of the paper's rows of ``table``, those
+    the paper does not show after them by name: the rows' order is the paper's whatever the order of the
+    configuration's mapping (csa_rerank.plan.canonical)."""
+    paper_rows = list(PAPER[table])
+
+    def position(label: str) -> tuple[int, str]:
+        return (paper_rows.index(label), "") if label in paper_rows else (len(paper_rows), label)
+
+    return sorted(labels, key=position)
 
 
 def map_cells(plan: Plan, sets: list[str], reranker=None, K=None, L=None, network=None) -> dict:
