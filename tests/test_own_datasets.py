@@ -6,6 +6,7 @@ of table 3 and the "Ours" rows of table 5.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -176,24 +177,37 @@ def test_dry_run_with_own_training_set_of_descriptors(tmp_path):
     assert "models/MyTrain/model.pt" in result.stdout and "models/rSfM120k" not in result.stdout
 
 
-@pytest.mark.e2e
-def test_own_test_sets_run_through_the_workflow(tmp_path, lopq_descriptors, roxford_gnd_path):
-    """A copy of the demo's roxford5k renamed 'mybuildings', and the real ROxf descriptors (128-d) as 'mydescs'
-    (without distractors, whose demo descriptors are 2048-d): both columns filled in tables 1, 3 and 5."""
-    query, db = lopq_descriptors
-    with h5py.File(tmp_path / "roxf_lopq128.h5", "w") as handle:
-        handle["query"], handle["db"] = query, db
-    config = own_config(tmp_path / "roxf_lopq128.h5", roxford_gnd_path, distractors=False)
-    (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
-    config_args = ["--replace-workflow-config", "--configfile", str(tmp_path / "own.yaml")]  # after the targets
+def _own_sets_from_the_demo(tmp_path: Path, config_args: list[str]) -> None:
+    """The demo's roxford5k and rsfm120k, generated (and rsfm120k's descriptors extracted) by a first run, then
+    copied into the user's layouts: roxford5k renamed 'mybuildings', rsfm120k's first-round descriptors and its
+    cluster file as 'mytrain' (the descriptors and labels a user brings)."""
     demo_gnd = "data/ci/test/roxford5k/gnd_roxford5k.pkl"
-    result = snakemake(
-        ["--cores", "2", demo_gnd, *config_args], tmp_path
-    )  # the demo test set 'mybuildings' is a copy of
+    rsfm120k = f"results/ci/features/rsfm120k/{NETWORK}.h5"
+    result = snakemake(["--cores", "2", demo_gnd, rsfm120k, *config_args], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     mine = tmp_path / "data" / "ci" / "test" / "mybuildings"
     shutil.copytree(tmp_path / "data" / "ci" / "test" / "roxford5k", mine)
     (mine / "gnd_roxford5k.pkl").rename(mine / "gnd_mybuildings.pkl")
+    with h5py.File(tmp_path / rsfm120k) as source, h5py.File(tmp_path / "mytrain.h5", "w") as handle:
+        handle["train"], handle["val"] = source["train"][()], source["val"][()]
+    shutil.copyfile(
+        tmp_path / "data" / "ci" / "train" / "retrieval-SfM-120k" / "retrieval-SfM-120k.pkl", tmp_path / "mytrain.pkl"
+    )
+
+
+@pytest.mark.e2e
+def test_own_datasets_run_through_the_workflow(tmp_path, lopq_descriptors, roxford_gnd_path):
+    """A copy of the demo's roxford5k renamed 'mybuildings', the real ROxf descriptors (128-d) as 'mydescs'
+    (without distractors, whose demo descriptors are 2048-d), and the training set 'mytrain' given as descriptors
+    and cluster labels: both columns filled in tables 1, 3 and 5, the model of 'mytrain' in tables 3 and 5."""
+    query, db = lopq_descriptors
+    with h5py.File(tmp_path / "roxf_lopq128.h5", "w") as handle:
+        handle["query"], handle["db"] = query, db
+    config = own_config(tmp_path / "roxf_lopq128.h5", roxford_gnd_path, distractors=False)
+    config = own_training(config, tmp_path / "mytrain.h5", tmp_path / "mytrain.pkl")
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
+    config_args = ["--replace-workflow-config", "--configfile", str(tmp_path / "own.yaml")]  # after the targets
+    _own_sets_from_the_demo(tmp_path, config_args)
     tables = ["results/ci/table1.csv", "results/ci/table3.csv", "results/ci/table5.csv"]
     result = snakemake(["--cores", "2", *tables, *config_args], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -205,6 +219,25 @@ def test_own_test_sets_run_through_the_workflow(tmp_path, lopq_descriptors, roxf
     assert table5["MyB Medium"].equals(table5["ROxf Medium"])
     # the first round of the real descriptors: the mAP of ../shared/data/README.md
     assert table5.loc["R-GeM(No re-ranking)", "MyD Medium"] == pytest.approx(21.13, abs=0.01)
+    _check_own_training_set(tmp_path, table5)
+
+
+def _check_own_training_set(tmp_path: Path, table5: pd.DataFrame) -> None:
+    """The model 'MyTrain' was trained on the imported descriptors of 'mytrain' (never extracted) and fills its
+    rows of tables 3 and 5."""
+    results = tmp_path / "results" / "ci"
+    assert {"Ours(MyTrain)", "GSS+Ours(MyTrain)"} <= set(table5.index)
+    table3 = pd.read_csv(results / "table3.csv").set_index("Training Dataset")
+    print("\n" + table3.to_string())
+    assert list(table3.index) == ["MyTrain"] and table3.filter(regex="Medium$").notna().all(axis=None)
+    train_cids = safe_pickle.load(tmp_path / "mytrain.pkl")["train"]["cids"]
+    summary = json.loads((results / "models" / "MyTrain" / "summary.json").read_text())
+    assert table3.loc["MyTrain", "Training nums"] == summary["n_samples"] == summary["n_images"] == len(train_cids)
+    with h5py.File(results / "features" / "mytrain" / f"{NETWORK}.h5") as imported:
+        with h5py.File(tmp_path / "mytrain.h5") as given:
+            assert np.array_equal(imported["train"][()], given["train"][()])
+        assert imported.attrs["imported_from"] == str(tmp_path / "mytrain.h5")
+    assert not (results / "logs" / "extract" / "mytrain").exists()
 
 
 def test_imported_descriptors_are_checked(tmp_path):
