@@ -302,6 +302,23 @@ def _add_ranking_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-names", help="text file, one database image name a line (TSV)")
 
 
+RERANK_MEMORY = """Re-rank first-round lists with a method of csa_rerank.methods by its label.
+
+Memory on large databases (.npy/.fvecs/plain .h5 are memory-mapped; for every method but CSA a database not
+stored as float32 is converted to a float32 copy in memory first; the rankings, --ranks or computed, are held
+whole: Q x N' x 8 bytes, see --k):
+  Ours (CSA)                 reads only the top-ranked rows of each block of queries; --memory-gb bounds it.
+  SuperGlobal, CRL           read only the rows of the lists they re-rank (not bounded by --memory-gb).
+  AQE, AQEwD, DQE, aQE,      score every database row (a pass over the whole memory map per block of
+  LAttQE                     queries; the database is not copied).
+  the DBA rows, LAttDBA,     need the whole database: an exact kNN graph over all of it (O(N^2 D) work,
+  DFS, GSS, k-reciprocal     N x k ids in memory), and DBA/LAttDBA an augmented copy [N, D], GSS and
+                             k-reciprocal a copy of the database stacked with the queries (GSS also its graph
+                             network's activations for every row). --memory-gb does not bound them: plan for
+                             several times N x D x 4 bytes of RAM, or use CSA.
+"""
+
+
 def _search_parser(commands) -> None:
     parser = commands.add_parser("search", help="first-round top-k by inner product (exact, memory-bounded)")
     _add_descriptor_pair(parser)
@@ -310,7 +327,12 @@ def _search_parser(commands) -> None:
 
 
 def _rerank_parser(commands) -> None:
-    parser = commands.add_parser("rerank", help="re-rank first-round lists with a method by its label")
+    parser = commands.add_parser(
+        "rerank",
+        help="re-rank first-round lists with a method by its label",
+        description=RERANK_MEMORY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_descriptor_pair(parser)
     _add_ranking_output(parser)
     parser.add_argument("--method", default=api.OURS, help='method label of csa_rerank.methods ("Ours" = CSA)')
