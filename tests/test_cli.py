@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,92 @@ def test_evaluate_from_class_labels(tmp_path):
     assert result.returncode == 0, result.stderr
     # query 0: positives at ranks 1, 3 -> AP (1 + 1)/2/2 + (1/2 + 2/3)/2/2 = 0.7917; query 1: ranks 1, 3 likewise
     assert result.stdout.splitlines()[1].split("\t")[:2] == ["labels", "79.17"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# extract: a torchvision body with random weights, on generated photos
+
+NETWORK = {"arch": "resnet50", "pooling": "gem", "seed": 3}
+SETTINGS = {"image_size": 64, "scales": [1.0, 0.7071067811865476], "msp": 1.0, "batch_size": 16, "workers": 0}
+EXTRACT_ARGS = ["--arch", "resnet50", "--pooling", "gem", "--seed", "3", "--network", "mine", "--image-size", "64",
+                "--scales", "1.0", "0.7071067811865476", "--msp", "1"]  # fmt: skip
+
+
+def _photos(folder: Path, names: list[str], seed: int) -> list[Path]:
+    """JPEGs of different sizes in revisitop's layout (``folder/<name>.jpg``)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(names):
+        pixels = rng.integers(0, 256, (40 + 12 * i, 72, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.jpg")
+    return [folder / f"{name}.jpg" for name in names]
+
+
+def test_extract_writes_the_workflow_descriptor_file(tmp_path, torch_single_thread):
+    """db (a folder) then query (files cropped by their boxes) into one file: the arrays and the attributes the
+    workflow's extraction (stages.extract) writes for a test set, the descriptors of extract_descriptors."""
+    from csa_rerank import stages
+    from csa_rerank.extract import extract_descriptors
+    from csa_rerank.networks import build_configured_network
+
+    db_images = _photos(tmp_path / "test" / "jpg", ["db0", "db1", "db2", "db3"], 0)
+    query_images = _photos(tmp_path / "queries", ["q0", "q1"], 1)
+    boxes = [[4.0, 6.0, 50.0, 30.0], [0.0, 10.0, 40.0, 45.0]]
+    np.savetxt(tmp_path / "boxes.txt", boxes)
+    out = tmp_path / "mine.h5"
+    result = run_cli("extract", tmp_path / "test" / "jpg", "--out", out, *EXTRACT_ARGS)
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    result = run_cli("extract", *query_images, "--key", "query", "--boxes", tmp_path / "boxes.txt", "--out", out,
+                     *EXTRACT_ARGS)  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    net = build_configured_network(NETWORK)[0]
+    expected = {
+        "db": extract_descriptors(net, db_images, 64, SETTINGS["scales"], 1.0),
+        "query": extract_descriptors(net, query_images, 64, SETTINGS["scales"], 1.0, boxes),
+    }
+    # the workflow's descriptor file of the same images as a test set
+    shutil.copytree(tmp_path / "queries", tmp_path / "test" / "jpg", dirs_exist_ok=True)
+    gnd = {"imlist": ["db0", "db1", "db2", "db3"], "qimlist": ["q0", "q1"], "gnd": [{"bbx": box} for box in boxes]}
+    safe_pickle.dump(gnd, tmp_path / "test" / "gnd_test.pkl")
+    workflow_file = tmp_path / "workflow.h5"
+    stages.extract("test", str(tmp_path / "test" / "gnd_test.pkl"), str(tmp_path / "test" / "jpg"), "mine",
+                   NETWORK, SETTINGS, str(workflow_file), use_gpu=False)  # fmt: skip
+    with h5py.File(out) as mine, h5py.File(workflow_file) as theirs:
+        assert set(mine) == {"db", "query", "db_names", "query_names"} and dict(mine.attrs) == dict(theirs.attrs)
+        assert [Path(name.decode()).name for name in mine["query_names"][()]] == ["q0.jpg", "q1.jpg"]
+        for key in ("db", "query"):
+            x = mine[key][()]
+            assert x.dtype == np.float32 and x.shape == (len(expected[key]), 2048)
+            np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+            np.testing.assert_allclose(x, expected[key], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(x, theirs[key][()], rtol=0, atol=1e-5)
+    # the file is a test set given as descriptors (datasets.own.<name>.descriptors)
+    stages.import_descriptors("test", str(out), "mine", str(tmp_path / "imported.h5"))
+
+
+def test_extract_errors_leave_no_output(tmp_path):
+    images = _photos(tmp_path / "jpg", ["a", "b"], 0)
+    out = tmp_path / "out.h5"
+    missing = tmp_path / "jpg" / "nowhere.jpg"
+    assert_refused(
+        run_cli("extract", images[0], missing, "--out", out, *EXTRACT_ARGS), out, f"image not found: {missing}"
+    )
+    # an unreadable image, found while extracting: named, nothing written
+    (tmp_path / "jpg" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert_refused(run_cli("extract", tmp_path / "jpg", "--out", out, *EXTRACT_ARGS), out, "broken.jpg")
+    np.savetxt(tmp_path / "boxes.txt", [[0, 0, 10, 10]])
+    assert_refused(run_cli("extract", *images, "--boxes", tmp_path / "boxes.txt", "--out", out, *EXTRACT_ARGS), out,
+                   "boxes.txt: 1 boxes of 4 numbers, expected 2 of 4")  # fmt: skip
+    # a file of other settings is not extended: the error names the differing setting, the file is unchanged
+    with h5py.File(out, "w") as handle:
+        handle["db"] = unit_rows(2, 2048, 0)
+        handle.attrs.update(network="mine", image_size=128)
+    before = out.read_bytes()
+    result = run_cli("extract", *images, "--key", "query", "--out", out, *EXTRACT_ARGS)
+    assert result.returncode == 1 and "holds descriptors of other settings" in result.stderr, result.stderr
+    assert "image_size 128 -> 64" in result.stderr and out.read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------------------------

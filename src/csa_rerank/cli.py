@@ -215,16 +215,43 @@ def run_extract(args) -> None:
     spec = {"arch": args.arch, "pooling": args.pooling, "seed": args.seed}
     net, mean, std, _ = build_configured_network(spec, args.checkpoint, args.body_checkpoint)
     msp = multiscale_power(net) if args.msp == "auto" else float(args.msp)
+    attrs = _extract_attrs(args, msp)
+    arrays = _kept_arrays(args.out, args.key, attrs)  # before the extraction: a settings mismatch fails fast
     kwargs = {"mean": mean, "std": std} if mean else {}
     descriptors = extract_descriptors(
         net, paths, args.image_size, args.scales, msp, boxes, device=pick_device(args.gpu), **kwargs
     )
+    names = np.array([str(p) for p in paths], dtype=object).astype("S")
+    arrays.update({args.key: descriptors, f"{args.key}_names": names})
+    write_arrays(args.out, arrays, attrs)
+    _note(f"wrote {args.out}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items() if v.ndim == 2)}")
+
+
+def _extract_attrs(args, msp: float) -> dict:
+    """The attributes stages.extract writes (the workflow's descriptor files), for these settings."""
     weights = args.checkpoint or args.body_checkpoint or f"random(seed={args.seed})"
-    attrs = {"arch": args.arch, "pooling": args.pooling, "image_size": args.image_size, "scales": args.scales,
-             "msp": msp, "weights": weights}  # fmt: skip
-    names = np.array([str(p) for p in paths], dtype=object)
-    write_arrays(args.out, {args.key: descriptors, "names": names.astype("S")}, attrs)
-    _note(f"wrote {args.out}: {args.key} {descriptors.shape}")
+    return {"network": args.network or f"{args.arch}-{args.pooling}", "post_whitening": "none", "arch": args.arch,
+            "pooling": args.pooling, "image_size": args.image_size, "scales": args.scales, "msp": msp,
+            "weights": weights}  # fmt: skip
+
+
+def _kept_arrays(out: str, key: str, attrs: dict) -> dict[str, np.ndarray]:
+    """The arrays of an existing ``out`` other than ``key`` (and its names), which the new file keeps beside it:
+    ``db`` and then ``query`` extracted into one file, as the workflow's test sets.  Its settings must be these."""
+    if not Path(out).is_file():
+        return {}
+    import h5py
+
+    from csa_rerank.h5io import read_attrs
+
+    old = {k: v.item() if isinstance(v, np.generic) else v for k, v in read_attrs(out).items()}
+    new = {k: v if isinstance(v, str | int | float | bool) else json.dumps(v) for k, v in attrs.items()}
+    differ = sorted(k for k in new if old.get(k) != new[k])
+    if differ:
+        changes = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ)
+        raise UsageError(f"{out}: holds descriptors of other settings ({changes}); write another file")
+    with h5py.File(out, "r") as handle:
+        return {name: handle[name][()] for name in handle if name not in (key, f"{key}_names")}
 
 
 def _image_paths(images: list[str]) -> list[Path]:
@@ -275,6 +302,23 @@ def _add_ranking_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-names", help="text file, one database image name a line (TSV)")
 
 
+RERANK_MEMORY = """Re-rank first-round lists with a method of csa_rerank.methods by its label.
+
+Memory on large databases (.npy/.fvecs/plain .h5 are memory-mapped; for every method but CSA a database not
+stored as float32 is converted to a float32 copy in memory first; the rankings, --ranks or computed, are held
+whole: Q x N' x 8 bytes, see --k):
+  Ours (CSA)                 reads only the top-ranked rows of each block of queries; --memory-gb bounds it.
+  SuperGlobal, CRL           read only the rows of the lists they re-rank (not bounded by --memory-gb).
+  AQE, AQEwD, DQE, aQE,      score every database row (a pass over the whole memory map per block of
+  LAttQE                     queries; the database is not copied).
+  the DBA rows, LAttDBA,     need the whole database: an exact kNN graph over all of it (O(N^2 D) work,
+  DFS, GSS, k-reciprocal     N x k ids in memory), and DBA/LAttDBA an augmented copy [N, D], GSS and
+                             k-reciprocal a copy of the database stacked with the queries (GSS also its graph
+                             network's activations for every row). --memory-gb does not bound them: plan for
+                             several times N x D x 4 bytes of RAM, or use CSA.
+"""
+
+
 def _search_parser(commands) -> None:
     parser = commands.add_parser("search", help="first-round top-k by inner product (exact, memory-bounded)")
     _add_descriptor_pair(parser)
@@ -283,7 +327,12 @@ def _search_parser(commands) -> None:
 
 
 def _rerank_parser(commands) -> None:
-    parser = commands.add_parser("rerank", help="re-rank first-round lists with a method by its label")
+    parser = commands.add_parser(
+        "rerank",
+        help="re-rank first-round lists with a method by its label",
+        description=RERANK_MEMORY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_descriptor_pair(parser)
     _add_ranking_output(parser)
     parser.add_argument("--method", default=api.OURS, help='method label of csa_rerank.methods ("Ours" = CSA)')
@@ -327,7 +376,13 @@ def _extract_parser(commands) -> None:
     parser = commands.add_parser("extract", help="global descriptors of images (GeM, MAC, SPoC, R-MAC)")
     parser.add_argument("images", nargs="+", help="image files, folders of images or .txt lists of paths")
     parser.add_argument("--out", required=True, help="HDF5 file to write")
-    parser.add_argument("--key", default="db", help="dataset name in the file (db, query, ...)")
+    parser.add_argument(
+        "--key",
+        default="db",
+        help="dataset name in the file (db, query, ...); an existing file of the same settings keeps its other "
+        "datasets, so db and query go to one file as the workflow's test sets (datasets.own descriptors)",
+    )
+    parser.add_argument("--network", help="network name stored in the file (default: ARCH-POOLING)")
     parser.add_argument("--arch", default="resnet101", choices=("resnet50", "resnet101", "resnet152", "vgg16"))
     parser.add_argument("--pooling", default="gem", choices=("gem", "mac", "spoc", "rmac"))
     weights = parser.add_mutually_exclusive_group()

@@ -46,18 +46,22 @@ if config.get("demo"):
             script:
                 "../scripts/generate_demo.py"
 
-    rule generate_demo_trainset:
-        output:
-            images=directory(plan.raw_data(plan.training_set)["images"]),
-            db=plan.raw_data(plan.training_set)["listing"],
-        log:
-            "<logs>/generate_demo/training.log",
-        conda:
-            "../../envs/torch.yaml"
-        params:
-            code=script_code("generate_demo.py"),
-            seed=plan.config["demo"]["seed"] + 200,
-            image_size=plan.config["demo"]["image_size"],
-            sizes=plan.config["demo"]["training"],
-        script:
-            "../scripts/generate_demo.py"
+    # the registered training set (rsfm120k), as the training set or as the whitening set of a training set of
+    # datasets.own: that one is the user's, in rSfM120k's layout or given as descriptors
+    if plan.demo_training_set():
+
+        rule generate_demo_trainset:
+            output:
+                images=directory(plan.raw_data(plan.demo_training_set())["images"]),
+                db=plan.raw_data(plan.demo_training_set())["listing"],
+            log:
+                "<logs>/generate_demo/training.log",
+            conda:
+                "../../envs/torch.yaml"
+            params:
+                code=script_code("generate_demo.py"),
+                seed=plan.config["demo"]["seed"] + 200,
+                image_size=plan.config["demo"]["image_size"],
+                sizes=plan.config["demo"]["training"],
+            script:
+                "../scripts/generate_demo.py"

@@ -58,12 +58,29 @@ def check_own_datasets(config: dict) -> None:
             config_error(f"datasets.own.{name}", f"{name!r} is a dataset of csa_rerank.registry.DATASETS already")
         for network in spec.get("descriptors", {}):
             _check_network(config["networks"], f"datasets.own.{name}.descriptors", network)
+        if spec.get("descriptors") and name == datasets["training"]:
+            _check_training_descriptors(config["experiments"], name, spec["descriptors"])
         fitted = [n for n, s in config["networks"].items() if s.get("post_whitening") in ("centre", "learned")]
         if spec.get("descriptors") and name == whitening_set and fitted:
             config_error(
                 f"datasets.own.{name}",
                 f"the post-whitening of {', '.join(fitted)} is fitted on the images of {name}, which is given as "
                 "descriptors; set datasets.whitening to a dataset with images",
+            )
+
+
+def _check_training_descriptors(experiments: dict, name: str, descriptors: dict) -> None:
+    """A training set given as descriptors has those of every network a model trains on (training_sets) and of
+    the first-round network (its val split, the learned methods' fit)."""
+    needed = {
+        net: f"experiments.training_sets.{key}" for key, nets in experiments["training_sets"].items() for net in nets
+    }
+    needed.setdefault(experiments["first_round"], "experiments.first_round")
+    for network, key in needed.items():
+        if network not in descriptors:
+            config_error(
+                f"datasets.own.{name}.descriptors",
+                f"no descriptor file for network {network!r}, which {key} needs (given: {', '.join(descriptors)})",
             )
 
 

@@ -144,14 +144,21 @@ class Plan:
         return descriptors[network]
 
     def dataset_kind(self, dataset: str) -> str:
-        """The role of a dataset in this configuration, which tells the extraction what to read."""
+        """The role of a dataset in this configuration, which tells the extraction what to read: a training or
+        whitening set is read in its own layout (rSfM120k's train/val splits, or a whitening set's pairs), also
+        when it only serves as the whitening set of a training set given as descriptors."""
         if dataset in self.test_sets:
             return "test"
         if dataset == self.distractors:
             return "distractors"
-        if dataset == self.training_set:
-            return "training"
-        return "whitening"
+        return self.dataset(dataset).kind
+
+    def demo_training_set(self) -> str | None:
+        """The training set the demo generates (rule generate_demo_trainset): the registered one among the
+        training and whitening sets; a training set of datasets.own is the user's, never generated."""
+        used = dict.fromkeys([self.training_set, self.whitening_set])
+        registered = [name for name in used if name not in self.own_datasets]
+        return next((name for name in registered if self.dataset(name).kind == registry.TRAINING), None)
 
     def extract_inputs(self, dataset: str, network: str) -> dict[str, str]:
         inputs = self.raw_data(dataset)
