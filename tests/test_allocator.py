@@ -26,6 +26,21 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+# Faults caused by touching 64 MiB of fresh memory: at least 16,384 (one per 4 KiB page) where the kernel counts them.
+# Some sandboxes (gVisor, for one) leave ru_minflt at 0, and then the test below cannot measure anything.
+CALIBRATION = """
+import resource
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touched = bytearray(64 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def counted_faults_of_64_mib() -> int:
+    result = subprocess.run([sys.executable, "-c", CALIBRATION], capture_output=True, text=True, check=True)
+    return int(result.stdout)
+
+
 def probe(mode: str) -> tuple[str, int]:
     result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
     applied, faults = result.stdout.split()
@@ -34,6 +49,8 @@ def probe(mode: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_retained_memory_is_reused_without_page_faults():
+    if counted_faults_of_64_mib() < 1000:
+        pytest.skip("this kernel does not count minor page faults (ru_minflt stays 0 when 64 MiB are touched)")
     applied, retained_faults = probe("retain")
     if applied != "True":
         pytest.skip("the C library is not glibc")
