@@ -39,12 +39,13 @@ started = time.perf_counter()
 extract_descriptors(net, paths[16:], desc="timed", **settings)
 print(json.dumps((time.perf_counter() - started) / len(paths[16:])))
 """
-# (label, threads, OMP_WAIT_POLICY or None for OpenMP's default)
+# (label, threads per job, OMP_WAIT_POLICY or None for OpenMP's default, jobs side by side)
 SETTINGS = [
-    ("2 threads, default wait (before)", 2, None),
-    ("2 threads, passive wait", 2, "PASSIVE"),
-    ("1 thread, default wait", 1, None),
-    ("1 thread, passive wait", 1, "PASSIVE"),
+    ("2 threads, default wait (before)", 2, None, 1),
+    ("2 threads, passive wait", 2, "PASSIVE", 1),
+    ("1 thread, default wait", 1, None, 1),
+    ("1 thread, passive wait", 1, "PASSIVE", 1),
+    ("2 jobs side by side, 1 thread each, passive wait", 1, "PASSIVE", 2),
 ]
 
 
@@ -62,24 +63,30 @@ def write_images(folder: Path, count: int) -> list[str]:
     return paths
 
 
-def time_per_image(paths: list[str], threads: int, wait_policy: str | None) -> float:
+def time_per_image(paths: list[str], threads: int, wait_policy: str | None, jobs: int) -> float:
+    """Seconds per image of ``jobs`` identical jobs started together: the slowest job's time over all their images
+    (for one job, its own time per image)."""
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     env["OMP_NUM_THREADS"] = str(threads)
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
-    result = subprocess.run(
-        [sys.executable, "-c", JOB, json.dumps(paths), str(threads)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(result.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-c", JOB, json.dumps(paths), str(threads)]
+    running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+    per_image = []
+    for process in running:
+        output, _ = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"an extraction job failed (exit status {process.returncode})")
+        per_image.append(float(output.strip().splitlines()[-1]))
+    return max(per_image) / jobs
 
 
 @contextmanager
 def busy_cores(count: int, nice: int):
     """``count`` processes that keep one core busy each (``yes > /dev/null``), stopped on exit."""
+    if not count:
+        yield
+        return
     processes = [subprocess.Popen(["nice", "-n", str(nice), "yes"], stdout=subprocess.DEVNULL) for _ in range(count)]
     try:
         time.sleep(1)
@@ -97,27 +104,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting (the fastest is kept)")
     args = parser.parse_args(argv)
     cores = os.cpu_count()
+    loads = sorted({0, 1, cores})
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_images(Path(folder), args.images)
-        for condition in ("idle", "loaded"):
-            for label, threads, policy in SETTINGS:
-                if condition == "loaded":
-                    with busy_cores(cores, args.nice):
-                        runs = [time_per_image(paths, threads, policy) for _ in range(args.repeats)]
-                else:
-                    runs = [time_per_image(paths, threads, policy) for _ in range(args.repeats)]
-                results[condition, label] = min(runs)
-    print(f"{cores} cores; loaded = {cores} x `nice -n {args.nice} yes > /dev/null`; {args.images - 16} timed images, "
-          f"best of {args.repeats}\n")  # fmt: skip
-    print("| setting | idle ms/image | vs before | loaded ms/image | vs before |\n|---|---:|---:|---:|---:|")
+        for busy in loads:
+            for label, threads, policy, jobs in SETTINGS:
+                with busy_cores(busy, args.nice):
+                    runs = [time_per_image(paths, threads, policy, jobs) for _ in range(args.repeats)]
+                results[busy, label] = min(runs)
+    print(f"{cores} cores; busy processes: `nice -n {args.nice} yes > /dev/null`; {args.images - 16} timed images, "
+          f"best of {args.repeats}; ms per image (ratio to the first row)\n")  # fmt: skip
+    print("| setting | " + " | ".join(f"{busy} busy" for busy in loads) + " |")
+    print("|---|" + "---:|" * len(loads))
     before = SETTINGS[0][0]
-    for label, _, _ in SETTINGS:
-        idle, loaded = results["idle", label], results["loaded", label]
-        print(
-            f"| {label} | {1000 * idle:.1f} | {results['idle', before] / idle:.2f}x | {1000 * loaded:.1f} | "
-            f"{results['loaded', before] / loaded:.2f}x |"
-        )
+    for label, *_ in SETTINGS:
+        cells = [
+            f"{1000 * results[busy, label]:.1f} ({results[busy, before] / results[busy, label]:.2f}x)" for busy in loads
+        ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -155,3 +155,19 @@ def test_load_training_db(tmp_path):
         with pytest.raises(DatasetFormatError, match=message) as info:
             datasets.load_training_db(path)
         assert str(path) in str(info.value)
+
+
+def test_searched_image_paths_put_distractors_after_the_test_set(tmp_path):
+    root = tmp_path / "roxford5k"
+    root.mkdir()
+    gnd = {"imlist": ["a", "b"], "qimlist": ["q"], "gnd": [{"bbx": [1, 2, 3, 4]}]}
+    (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(gnd))
+    listing = tmp_path / "revisitop1m" / "revisitop1m.txt"
+    listing.parent.mkdir()
+    listing.write_text("x/1.jpg\ny/2.jpg\n")
+    loaded, db, queries, bbxs = datasets.searched_image_paths(root / "gnd_roxford5k.pkl", listing)
+    assert loaded["imlist"] == ["a", "b"]
+    distractors = [listing.parent / "jpg/x/1.jpg", listing.parent / "jpg/y/2.jpg"]
+    assert db == [root / "jpg/a.jpg", root / "jpg/b.jpg", *distractors]
+    assert queries == [root / "jpg/q.jpg"] and bbxs == [[1.0, 2.0, 3.0, 4.0]]
+    assert datasets.searched_image_paths(root / "gnd_roxford5k.pkl")[1] == db[:2]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csa_rerank import api, formats
+from csa_rerank import api, formats, jobs
 
 PROGRAM = "csa-rerank"
 
@@ -418,6 +418,7 @@ ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, pickle.Unpickl
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns (and, as a script, exits with) 0, or 1 after an error message on stderr."""
     args = parser().parse_args(argv)
+    jobs.share_the_cpu()  # before the subcommand loads torch
     warnings.showwarning = _show_warning
     try:
         args.run(args)

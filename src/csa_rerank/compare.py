@@ -12,7 +12,6 @@ import importlib
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -105,11 +104,7 @@ def _rerank_dsm(ranks: np.ndarray, images: dict, kwargs: dict) -> np.ndarray:
     # imported by the registry's name, like every method, so that DSM's code is in DSM's jobs' digest only
     dsm = importlib.import_module(registry.method(SPATIAL).module)
 
-    gnd_file = Path(images["gnd"])
-    gnd = datasets.load_ground_truth(gnd_file)
-    db_paths, query_paths, bbxs = datasets.test_image_paths(gnd_file.parent, gnd)
-    if images.get("distractors"):
-        db_paths = db_paths + datasets.distractor_image_paths(images["distractors"])
+    _, db_paths, query_paths, bbxs = datasets.searched_image_paths(images["gnd"], images.get("distractors"))
     net = build_configured_network(images["network"], images.get("checkpoint"), images.get("body_checkpoint"))[0]
     return dsm.rerank_with_network(
         net,

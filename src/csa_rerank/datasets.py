@@ -66,6 +66,18 @@ def distractor_image_paths(list_file: str | Path) -> list[Path]:
     return [list_file.parent / "jpg" / name for name in names]
 
 
+def searched_image_paths(
+    gnd_file: str | Path, distractor_list: str | Path | None = None
+) -> tuple[dict, list[Path], list[Path], list[list[float]]]:
+    """(ground truth, db image paths, query image paths, query boxes) of a test set as it is searched: the rows
+    of the distractor set, when given, after the test set's own, in the order of the descriptor files."""
+    gnd = load_ground_truth(gnd_file)
+    db, queries, bbxs = test_image_paths(Path(gnd_file).parent, gnd)
+    if distractor_list:
+        db = db + distractor_image_paths(distractor_list)
+    return gnd, db, queries, bbxs
+
+
 def cid_path(ims_dir: str | Path, cid: str) -> Path:
     """cirtorch's location of a retrieval-SfM-120k image: ``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``."""
     if len(cid) < 6:

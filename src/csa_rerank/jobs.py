@@ -6,13 +6,27 @@ they used with :func:`peak_rss_bytes`.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+
+# OpenMP's default lets a thread that waits for the others spin (GNU OpenMP: up to ~0.2 s) before it sleeps.  On a
+# CPU that other work shares, those spins burn the time slices the job's descheduled threads need: a demo extraction
+# job ran 1.8x faster with a busy process beside it, and within 8% as fast idle (docs/benchmarks.md, "Shared CPUs").
+PASSIVE_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def share_the_cpu() -> None:
+    """Make OpenMP's waiting threads sleep at once, in this process and the jobs it starts, unless the user chose a
+    wait policy.  OpenMP reads it when torch loads it: call this before ``import torch``."""
+    for key, value in PASSIVE_OPENMP.items():
+        os.environ.setdefault(key, value)
 
 
 def prepare_job(threads: int) -> None:
     """Settings of a job that runs torch: the job's threads for torch's intra-op parallelism (Snakemake sets
-    OMP_NUM_THREADS to match), and an allocator that keeps freed memory for the next batch
+    OMP_NUM_THREADS to match, and the Snakefile OpenMP's passive wait policy: :func:`share_the_cpu`), and an
+    allocator that keeps freed memory for the next batch
     (:mod:`csa_rerank.allocator`)."""
     import torch
 

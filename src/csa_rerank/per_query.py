@@ -106,10 +106,7 @@ def _query_group(gnd: dict, paths: dict, q: int, rankings: list[tuple[str, dict]
 def image_paths(gnd_file: str | Path, distractor_list: str | Path | None = None) -> tuple[dict, dict]:
     """The ground truth and the image path of every database row and query of a test set (distractor rows
     after the test set's own, as in the descriptor files)."""
-    gnd = datasets.load_ground_truth(gnd_file)
-    db, queries, _ = datasets.test_image_paths(Path(gnd_file).parent, gnd)
-    if distractor_list:
-        db = db + datasets.distractor_image_paths(distractor_list)
+    gnd, db, queries, _ = datasets.searched_image_paths(gnd_file, distractor_list)
     return gnd, {"db": db, "query": queries}
 
 
