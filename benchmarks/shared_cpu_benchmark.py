@@ -2,8 +2,9 @@
 
 A job of the demo's ``extract`` rule (ResNet101-GeM, 128 px, two scales, batches of 16, one decoding worker) runs
 in a fresh process per setting, as Snakemake starts it (``OMP_NUM_THREADS`` = the job's threads), on generated
-JPEGs; the time per image is measured after a warm-up batch.  Each setting runs on an idle machine and with one
-busy process per core beside it (``yes > /dev/null``, at the niceness ``--nice`` gives: a user's other work).
+JPEGs; the time per image is measured after a warm-up batch.  Each setting runs on an idle machine, with one busy
+process and with one busy process per core beside it (``yes > /dev/null``, at the niceness ``--nice`` gives: a
+user's other work); "jobs side by side" starts two such jobs together and counts the images of both.
 
 OpenMP's default wait policy lets a thread that waits for the others spin for a while before it sleeps; when
 another process holds the core those spins burn the time slices the job needs (GNU OpenMP: ``OMP_WAIT_POLICY``,

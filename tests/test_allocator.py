@@ -1,9 +1,12 @@
 """csa_rerank.allocator: freed memory is reused instead of being faulted in again."""
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from csa_rerank import jobs
 
 # Ten forward passes of a re-ranker (after a warm-up) and the minor page faults they cause.  With glibc's defaults
 # the activations land in fresh mappings or in heap memory just given back, to be faulted in and zeroed again.
@@ -58,6 +61,15 @@ def test_retained_memory_is_reused_without_page_faults():
     # measured: ~36,000-57,000 faults with glibc's defaults, ~3,600 retained (the [2, 4, 1025, 1025] fp32
     # attention scores, 34 MB, are above the largest mmap threshold glibc accepts and are still mapped afresh)
     assert retained_faults * 4 < default_faults
+
+
+def test_share_the_cpu_sets_the_passive_wait_policy_unless_the_user_chose_one(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    jobs.share_the_cpu()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    jobs.share_the_cpu()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_prepare_job_sets_threads_and_allocator():

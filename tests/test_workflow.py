@@ -196,6 +196,9 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     result = snakemake(["--cores", "2", *CI_CONFIG], tmp_path)
     assert result.returncode == 0, result.stderr[-5000:]
     results = tmp_path / "results" / "ci"
+    # the CPU profile's one thread per job, and OpenMP's passive wait policy that the Snakefile sets for every job
+    extract_log = (results / "logs" / "extract" / "roxford5k" / "demo-resnet101-gem.log").read_text()
+    assert "torch threads 1, OpenMP wait policy PASSIVE" in extract_log
     for table in ("table1", "table2", "table3", "table4", "table5", "table6", "supp_table1"):
         assert (results / f"{table}.csv").exists(), table
         assert (results / f"{table}.md").exists(), table

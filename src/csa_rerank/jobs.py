@@ -6,13 +6,15 @@ they used with :func:`peak_rss_bytes`.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
 
 # OpenMP's default lets a thread that waits for the others spin (GNU OpenMP: up to ~0.2 s) before it sleeps.  On a
 # CPU that other work shares, those spins burn the time slices the job's descheduled threads need: a demo extraction
-# job ran 1.8x faster with a busy process beside it, and within 8% as fast idle (docs/benchmarks.md, "Shared CPUs").
+# job of two threads ran 1.9x faster with a busy process beside it, at 8-19% of its idle speed (docs/benchmarks.md,
+# "Shared CPUs"); jobs of one thread lose nothing either way.
 PASSIVE_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -34,6 +36,9 @@ def prepare_job(threads: int) -> None:
 
     torch.set_num_threads(max(1, int(threads)))
     retain_freed_memory()
+    logging.getLogger(__name__).info(
+        "torch threads %d, OpenMP wait policy %s", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "default")
+    )
 
 
 def peak_rss_bytes() -> int:
