@@ -15,7 +15,7 @@ from snakemake.utils import min_version
 from csa_rerank.jobs import share_the_cpu
 
 min_version("9.12")
-# every job's OpenMP threads sleep while they wait instead of spinning: jobs lose little on an idle CPU and much
+# every job's OpenMP threads sleep while they wait instead of spinning: jobs lose little on an idle CPU and far
 # less on one that other work shares (docs/benchmarks.md, "Shared CPUs")
 share_the_cpu()
 

@@ -13,7 +13,7 @@ import sys
 
 # OpenMP's default lets a thread that waits for the others spin (GNU OpenMP: up to ~0.2 s) before it sleeps.  On a
 # CPU that other work shares, those spins burn the time slices the job's descheduled threads need: a demo extraction
-# job of two threads ran 1.9x faster with a busy process beside it, at 8-19% of its idle speed (docs/benchmarks.md,
+# job of two threads ran 1.9x faster with a busy process beside it, for 8-19% of its idle speed (docs/benchmarks.md,
 # "Shared CPUs"); jobs of one thread lose nothing either way.
 PASSIVE_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
 
