@@ -142,7 +142,7 @@ def _check_per_query_analysis(tmp_path: Path, results: Path, table5: pd.DataFram
 
     for label in table5["Method"].iloc[1:]:
         for testset, set_label in (("roxford5k", "ROxf"), ("rparis6k+r1m", "RPar+R1M")):
-            per_query = pd.read_csv(results / "per_query" / testset / f"{row_slug(label)}.csv")
+            per_query = pd.read_csv(results / "per_query" / testset / "methods" / f"{row_slug(label)}.csv")
             row = table5[table5["Method"] == label].iloc[0]
             for protocol in ("Medium", "Hard"):
                 assert per_query[f"AP {protocol} after"].mean() == pytest.approx(row[f"{set_label} {protocol}"],
@@ -159,7 +159,7 @@ def _check_per_query_analysis(tmp_path: Path, results: Path, table5: pd.DataFram
     check_figure3_pixels(results / "fig3.png", results / "fig3.csv", gnd, tmp_path / "data" / "ci" / "test" /
                          "roxford5k" / "jpg")  # fmt: skip
     # the selection rule against the per-query CSV (exact values): largest gains, then largest losses, ties by index
-    ours = pd.read_csv(results / "per_query" / "roxford5k" / "ours-rsfm120k.csv")
+    ours = pd.read_csv(results / "per_query" / "roxford5k" / "methods" / "ours-rsfm120k.csv")
     change = (ours["AP Medium after"] - ours["AP Medium before"]).dropna()
     by_gain = sorted(change.index, key=lambda q: (-change[q], q))
     by_loss = [q for q in sorted(change.index, key=lambda q: (change[q], q)) if q not in by_gain[:2]]

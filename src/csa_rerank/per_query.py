@@ -178,12 +178,20 @@ def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv
     return table
 
 
-def write_summary(method_tables: dict[str, str], scatter_png: str, help_hurt_csv: str, title: str) -> None:
-    """The scatter plot and the most helped and hurt queries of one evaluation set, from its per-query CSVs
-    (method label -> file)."""
-    tables = {label: pd.read_csv(path, dtype={"name": str}) for label, path in method_tables.items()}
-    scatter(tables, scatter_png, title)
-    _write_csv(help_hurt(tables), help_hurt_csv)
+def write_analysis(
+    before_file: str, after_files: dict[str, str], gnd_file: str, out: dict[str, str], title: str
+) -> None:
+    """The per-query analysis of one evaluation set: a CSV per method (``after_files``: row slug -> (label,
+    evaluation file)) in the folder ``out["methods"]``, then the scatter plot (``out["scatter"]``) and the most
+    helped and hurt queries (``out["help_hurt"]``), both from the CSVs as written."""
+    Path(out["methods"]).mkdir(parents=True, exist_ok=True)
+    written = {}
+    for slug, (label, after_file) in after_files.items():
+        written[label] = Path(out["methods"]) / f"{slug}.csv"
+        write_method_table(before_file, after_file, gnd_file, str(written[label]))
+    tables = {label: pd.read_csv(path, dtype={"name": str}) for label, path in written.items()}
+    scatter(tables, out["scatter"], title)
+    _write_csv(help_hurt(tables), out["help_hurt"])
 
 
 def _write_csv(table: pd.DataFrame, path: str, **options) -> None:

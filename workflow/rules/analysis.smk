@@ -5,28 +5,14 @@
 
 localrules:
     per_query,
-    per_query_summary,
 
 
+# one job per evaluation set: a CSV per table-5 row, the scatter plot and the most helped and hurt queries
 rule per_query:
     input:
         unpack(per_query_inputs),
     output:
-        "<results>/per_query/{testset}/{row}.csv",
-    log:
-        "<logs>/per_query/{testset}/{row}.log",
-    conda:
-        "../../envs/tables.yaml"
-    params:
-        code=script_code("per_query.py"),
-    script:
-        "../scripts/per_query.py"
-
-
-rule per_query_summary:
-    input:
-        per_query_tables,
-    output:
+        methods=directory("<results>/per_query/{testset}/methods"),
         scatter=report(
             "<results>/per_query/{testset}/scatter.png",
             caption="../report/per_query.rst",
@@ -40,15 +26,15 @@ rule per_query_summary:
             labels={"set": "{testset}", "file": "most helped and hurt queries"},
         ),
     log:
-        "<logs>/per_query/{testset}/summary.log",
+        "<logs>/per_query/{testset}.log",
     conda:
         "../../envs/tables.yaml"
     params:
-        code=script_code("per_query_summary.py"),
-        labels=lambda wildcards: list(plan.compared_rows.values()),
+        code=script_code("per_query.py"),
+        rows=per_query_rows,
         title=lambda wildcards: f"Per-query AP, {wildcards.testset}: every method against the first round",
     script:
-        "../scripts/per_query_summary.py"
+        "../scripts/per_query.py"
 
 
 rule fig3:

@@ -164,11 +164,11 @@ def figure_inputs(wildcards):
 # ---------------------------------------------------------------------------------------------------------------
 # per-query analysis and Figure 3 (analysis.smk)
 def per_query_inputs(wildcards):
-    return plan.per_query_inputs(wildcards.testset, wildcards.row)
+    return plan.per_query_inputs(wildcards.testset)
 
 
-def per_query_tables(wildcards):
-    return plan.per_query_tables(wildcards.testset)
+def per_query_rows(wildcards):
+    return plan.per_query_rows(wildcards.testset)
 
 
 def fig3_inputs(wildcards):

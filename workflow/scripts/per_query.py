@@ -1,11 +1,15 @@
-"""Snakemake script: per-query AP and P@k of one table-5 row on one evaluation set, before and after re-ranking."""
+"""Snakemake script: the per-query analysis of one evaluation set (every table-5 row against the first round)."""
 
 from csa_rerank import logs, per_query
 
 log = logs.setup(snakemake.log[0])
-per_query.write_method_table(
+rows = snakemake.params.rows  # row slug -> label, in the order of snakemake.input.after
+per_query.write_analysis(
     before_file=snakemake.input.before,
-    after_file=snakemake.input.after,
+    after_files={
+        slug: (label, after) for (slug, label), after in zip(rows.items(), snakemake.input.after, strict=True)
+    },
     gnd_file=snakemake.input.gnd,
-    out_csv=snakemake.output[0],
+    out={key: snakemake.output[key] for key in ("methods", "scatter", "help_hurt")},
+    title=snakemake.params.title,
 )

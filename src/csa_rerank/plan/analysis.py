@@ -1,9 +1,10 @@
 """The per-query analysis and Figure 3: which evaluation files each of their outputs reads.
 
 Every row of table 5 but the first round is a method whose per-query results are compared with the first round's
-on each evaluation set (<results>/per_query/<set>/<row>.csv, then a scatter plot and the most helped and hurt
-queries per set).  Figure 3 and the gallery show one method (``experiments.fig3.method``, CSA by default) on one
-test set (``experiments.fig3.testset``, the first one by default) and on every test set respectively.
+on each evaluation set, by one job per set (<results>/per_query/<set>/methods/<row>.csv, a scatter plot and the
+most helped and hurt queries).  Figure 3 and the gallery show one method (``experiments.fig3.method``, CSA by
+default) on one test set (``experiments.fig3.testset``, the first one by default) and on every test set
+respectively.
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ def compared_rows(plan: Plan) -> dict[str, str]:
     return {row_slug(label): label for label in labels}
 
 
-def per_query_inputs(plan: Plan, testset: str, slug: str) -> dict[str, str]:
+def per_query_rows(plan: Plan, testset: str) -> dict[str, str]:
+    """Row slug -> label of the table-5 rows with a cell on ``testset``: one per-query CSV each."""
+    files = _evaluation_files(plan, testset)
+    return {slug: label for slug, label in compared_rows(plan).items() if label in files}
+
+
+def per_query_inputs(plan: Plan, testset: str) -> dict[str, str | list[str]]:
+    """The first round's evaluation file, those of the rows of :func:`per_query_rows` (in its order) and the
+    ground truth: what the per-query analysis of ``testset`` reads."""
     files = _evaluation_files(plan, testset)
     return {
         "before": files[BASELINE_ROW],
-        "after": files[compared_rows(plan)[slug]],
+        "after": [files[label] for label in per_query_rows(plan, testset).values()],
         "gnd": plan.ground_truth(testset),
     }
-
-
-def per_query_tables(plan: Plan, testset: str) -> list[str]:
-    rows = _evaluation_files(plan, testset)
-    return [f"<results>/per_query/{testset}/{slug}.csv" for slug, label in compared_rows(plan).items() if label in rows]
 
 
 def fig3_settings(plan: Plan) -> dict:

@@ -309,11 +309,11 @@ class Plan:
 
     # -----------------------------------------------------------------------------------------------------------
     # per-query analysis and Figure 3 (workflow/rules/analysis.smk)
-    def per_query_inputs(self, testset: str, row: str) -> dict[str, str]:
-        return analysis.per_query_inputs(self, testset, row)
+    def per_query_inputs(self, testset: str) -> dict[str, str | list[str]]:
+        return analysis.per_query_inputs(self, testset)
 
-    def per_query_tables(self, testset: str) -> list[str]:
-        return analysis.per_query_tables(self, testset)
+    def per_query_rows(self, testset: str) -> dict[str, str]:
+        return analysis.per_query_rows(self, testset)
 
     def qualitative_inputs(self, testset: str) -> dict[str, str]:
         return analysis.qualitative_inputs(self, testset)
