@@ -270,7 +270,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
 
     if args.train:
         n = args.train
-        train_tiles = knn.tile_sizes(n, n, D, k, budget, result_bytes=8)
+        train_tiles = knn.graph_tiles(n, D, k, budget)
         train = run_child("self_neighbours", common, args.threads)
         spec = {"data": str(data), "db": "train", "queries": "train", "tiles": train_tiles, "blocks": args.bare_blocks}
         train_bare = run_child("bare", spec, args.threads)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from csa_rerank import compare, h5io
+from csa_rerank import compare, graph, h5io
 from csa_rerank.knn import search, self_neighbours
 from csa_rerank.methods import qe
 
@@ -46,6 +46,20 @@ def test_rerank_method_writes_the_methods_ranking_as_a_first_round_file(tmp_path
     stored = h5io.read_attrs(tmp_path / "aqe.h5")
     assert stored["method"] == "AQE" and json.loads(stored["params"]) == {"n": 3}
     assert attrs["latency_ms"] > 0 and attrs["memory_gb"] >= db.nbytes / 2**30
+
+
+def test_rerank_method_reads_the_shared_graph_and_ranks_as_without_it(tmp_path, first_round):
+    query, db, ranks = first_round
+    graph.write(str(tmp_path / "graph.h5"), graph.build(str(tmp_path / "testset.h5"), str(tmp_path / "distractors.h5"),
+                                                        30, 50, memory_gb=0.01, device="cpu"))  # fmt: skip
+    files = [str(tmp_path / name) for name in ("testset.h5", "distractors.h5", "knn.h5")]
+    for label, params in [("DDBA + DQE", {"n_negatives": 20}), ("GSS", {"epochs": 2}), ("k-reciprocal", {})]:
+        compare.rerank_method(label, params, *files, str(tmp_path / "own.h5"), use_gpu=True)  # no GPU here: CPU
+        shared = compare.rerank_method(label, params, *files, str(tmp_path / "shared.h5"),
+                                       graph_file=str(tmp_path / "graph.h5"))  # fmt: skip
+        own = h5io.read_array(tmp_path / "own.h5", "ranks")
+        np.testing.assert_array_equal(h5io.read_array(tmp_path / "shared.h5", "ranks"), own)
+        assert shared["memory_gb"] >= (db.nbytes + 60 * 80 * 12) / 2**30  # the graph's 80 columns are held
 
 
 def test_rerank_method_rejects_unknown_methods_and_missing_weights(tmp_path, first_round):

@@ -249,8 +249,8 @@ def test_train_neighbours_stage_equals_self_neighbours_in_memory(tmp_path):
     rng = np.random.default_rng(9)
     splits = {"train": _integer_rows(rng, 50, 4, high=2), "val": _integer_rows(rng, 12, 4, high=2)}
     h5io.write_arrays(tmp_path / "features.h5", splits)
-    memory_gb = 10_000 / 2**30
-    assert knn.tile_sizes(50, 50, 4, 6, int(memory_gb * 2**30), result_bytes=8)[1] < 50  # several tiles
+    memory_gb = 14_000 / 2**30
+    assert knn.graph_tiles(50, 4, 6, int(memory_gb * 2**30))[1] < 50  # several tiles
     stages.train_neighbours(str(tmp_path / "features.h5"), str(tmp_path / "neighbours.h5"), 6, memory_gb)
     for split, features in splits.items():
         np.testing.assert_array_equal(

@@ -214,6 +214,21 @@ def test_method_inputs_and_settings(plan):
     assert plan.fit_settings("lattqe") == {}  # LAttQE not configured: its module's defaults
     assert plan.image_settings("dsm", "r101") == {"network": SMALL["networks"]["r101"], "image_size": 64}
     assert plan.image_settings("aqe", "r101") == {}
+    # GSS and k-reciprocal read the database graph of their (test set, network), AQE does not
+    assert plan.method_inputs("rparis6k+r1m", "r50", "gss")["graph"] == "<results>/graph/rparis6k+r1m/r50.h5"
+    assert "graph" not in plan.method_inputs("rparis6k+r1m", "r50", "aqe")
+
+
+def test_graph_widths_are_the_most_any_configured_method_reads(plan):
+    # defaults read from the methods' source: GSS k = 5 (via **params into fit_embeddings), k-reciprocal k1 = 20
+    # plus itself, and min p·u (one far column)
+    assert plan.graph_widths == (21, 1)
+    assert Plan(small(methods={"GSS": {"k": 40}, "AQE": {}})).graph_widths == (40, 0)
+    assert Plan(small(methods={"DDBA + DQE": {"n_dba": 4}})).graph_widths == (5, 50)
+    # LAttDBA reads k + 1 columns, k being its model's (LAttQE's fit), default 16
+    assert Plan(small(methods={"LAttDBA + LAttQE": {}})).graph_widths == (17, 0)
+    assert Plan(small(methods={"LAttQE": {"fit": {"k": 30}}, "LAttDBA + LAttQE": {}})).graph_widths == (31, 0)
+    assert Plan(small(methods={"AQE": {}})).graph_widths == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,11 +37,14 @@ import pytest
 import yaml
 from slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
 
+from csa_rerank import registry
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 CI_CONFIG = ["--replace-workflow-config", "--configfile", str(REPO / "configs" / "ci.yaml")]
 TARGETS = ["results/ci/table1.csv"]
-GPU_RULES = {"extract", "extract_shard", "train", "rerank_csa", "evaluate_val"}  # resources: gpu in the rules
+GPU_RULES = {"extract", "extract_shard", "train", "rerank_csa", "evaluate_val", "db_graph"}  # resources: gpu
+GPU_METHODS = {m.slug for m in registry.METHODS if m.gpu}  # rule rerank_method requests one for these only
 # measured, not computed: these differ between any two runs
 TIMING_COLUMNS = {"Re-ranking latency (ms)"}
 TIMING_KEYS = {"latency_ms", "memory_gb"}
@@ -193,7 +196,14 @@ def test_profile_dry_run_requests_gpus_for_gpu_rules_only(config, tmp_path):
     rule = None
     for line in result.stdout.splitlines():
         if match := re.match(r"\s*(?:local)?rule (\w+):$", line):
-            rule = match.group(1)
+            rule, method = match.group(1), None
+        elif match := re.match(r"\s*wildcards: .*\bmethod=([\w-]+)", line):
+            method = match.group(1)
+        elif (match := re.match(r"\s*resources: (.*)", line)) and rule == "rerank_method":
+            resources = dict(item.split("=", 1) for item in match.group(1).split(", "))
+            assert int(resources.get("gpu", 0)) == (method in GPU_METHODS), (method, resources)
+            gpu_jobs.setdefault(f"rerank_method~{method}", set()).add(int(resources.get("gpu", 0)))
+            rule = None
         elif (match := re.match(r"\s*resources: (.*)", line)) and rule:
             resources = dict(item.split("=", 1) for item in match.group(1).split(", "))
             assert resources["slurm_partition"] == defaults["slurm_partition"], (rule, resources)
@@ -202,7 +212,10 @@ def test_profile_dry_run_requests_gpus_for_gpu_rules_only(config, tmp_path):
             gpu_jobs.setdefault(rule, set()).add(int(resources.get("gpu", 0)))
             rule = None
     assert {"extract", "train", "rerank_csa", "knn", "affinity", "evaluate_rerank", "table"} <= set(gpu_jobs)
+    assert {"rerank_method~gss", "rerank_method~dsm", "rerank_method~aqe", "db_graph"} <= set(gpu_jobs)
     for rule, gpus in gpu_jobs.items():
+        if rule.startswith("rerank_method~"):
+            continue
         if rule in GPU_RULES:
             assert min(gpus) >= 1, (rule, gpus)
         else:  # a new GPU rule belongs in GPU_RULES (and in the GPU section of the profile's comments)

@@ -119,6 +119,9 @@ def test_paper_dry_run_plans_r1m_shards_and_cross_features_offline(tmp_path):
     # the 3 "-W" nets on cirtorch's whitening set (rsfm120k-whiten), where their Lw is learnt
     assert jobs["extract"] == 5 + 10 + 3
     assert "rsfm120k-whiten/imagenet-resnet101-rmac-lw.h5" in result.stdout
+    # the database graph once per (test set, network) the compared methods run on: R101 on ROxf, RPar and their
+    # +R1M databases (before it, each of the 8 graph-reading methods searched each database itself)
+    assert jobs["db_graph"] == 4 and "graph/roxford5k+r1m/gl18-tl-resnet101-gem-w.h5" in result.stdout
 
 
 def test_bad_config_value_names_the_key(tmp_path):

@@ -39,6 +39,8 @@ Re-ranking methods
 - :mod:`csa_rerank.methods`    CSA ("Ours", :mod:`csa_rerank.methods.csa`) and the compared re-ranking methods,
   one ``rerank(query, db, ranks, **params)`` interface
 - :mod:`csa_rerank.compare`    the pipeline stages of the compared methods (fit, re-rank)
+- :mod:`csa_rerank.graph`      the database's neighbour graph, built once (rule db_graph) for the methods that
+  read one
 
 Results
 - :mod:`csa_rerank.evaluate`   the revisitop protocol (mAP Easy/Medium/Hard, mP@k), per query too

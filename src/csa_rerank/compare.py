@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import datasets, h5io, registry
+from . import datasets, graph, h5io, registry
 from .atomic import atomic_path
 from .jobs import peak_rss_bytes
 
@@ -53,6 +53,8 @@ def rerank_method(
     out_path: str,
     weights_file: str | None = None,
     images: dict | None = None,
+    graph_file: str | None = None,
+    use_gpu: bool = False,
 ) -> dict:
     """Re-rank every query's first-round list with one compared method; writes a ranking file.
 
@@ -62,6 +64,9 @@ def rerank_method(
         images: for DSM, ``{"network": spec, "checkpoint": path or None, "body_checkpoint": path or None, "gnd":
             path, "distractors": list file or None, "image_size": int, "use_gpu": bool}``: DSM matches activations
             of the images themselves.
+        graph_file: the database's neighbour graph (rule db_graph), given to the methods that read one
+            (:mod:`csa_rerank.graph`); without it they build their own.
+        use_gpu: run a method that can (registry ``gpu``: GSS; DSM through ``images``) on the GPU, if there is one.
     """
     import torch
 
@@ -76,6 +81,14 @@ def rerank_method(
         if not weights_file:
             raise ValueError(f"{method} needs the weights fitted on the training set")
         kwargs["weights"] = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if registry.method(method).gpu and method != SPATIAL:
+        from .extract import pick_device
+
+        kwargs["device"] = str(pick_device(use_gpu))
+    held = db.nbytes + query.nbytes  # what the method holds before it starts
+    if graph_file:
+        kwargs["graph"] = graph.read(graph_file)
+        held += sum(part.nbytes for part in kwargs["graph"])
     rss_before = peak_rss_bytes()
     started = time.perf_counter()
     if method == SPATIAL:
@@ -90,7 +103,7 @@ def rerank_method(
         "method": method,
         "params": json.dumps(params, sort_keys=True),
         "latency_ms": 1000.0 * seconds / len(query),  # all queries in one call: the mean per query
-        "memory_gb": (db.nbytes + query.nbytes + max(0, peak_rss_bytes() - rss_before)) / 2**30,
+        "memory_gb": (held + max(0, peak_rss_bytes() - rss_before)) / 2**30,
     }
     h5io.write_arrays(out_path, {"ranks": new_ranks.astype(np.int32)}, attrs)
     log.info("%s: %d queries in %.1f s (%.2f ms per query)", method, len(query), seconds, attrs["latency_ms"])

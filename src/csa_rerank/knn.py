@@ -20,9 +20,9 @@ Tiling.  Queries are taken ``query_rows`` at a time, and each such block is scor
 * for the whole ranking (k = N, which the test stage needs for exact AP) the block's score rows [query_rows, N]
   are filled tile by tile and sorted once.
 
-Memory.  Besides its results (12 bytes per returned entry: float32 score, int64 id; 8 for the ids-only lists
-of :func:`self_neighbours`), the search needs for one tile of q query rows and n database rows, in bytes, with D
-the dimension and N the database size::
+Memory.  Besides its results (12 bytes per returned entry: float32 score, int64 id; the budget of
+:func:`self_graph` and :func:`self_neighbours` leaves them out), the search needs for one tile of q query rows and
+n database rows, in bytes, with D the dimension and N the database size::
 
     working(q, n) = 4·D·q + 8·D·n + 5·q·n + state·q
     state = 128·k   if k < N   (running keys, candidates, merge buffers)
@@ -38,7 +38,7 @@ more.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -224,7 +224,10 @@ class _RunningTopK:
 
 
 def _read(rows: Rows, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Rows ``start:stop`` as a float32 tensor [stop - start, D] (from disk when ``rows`` is an h5py dataset)."""
+    """Rows ``start:stop`` as a float32 tensor [stop - start, D] (from disk when ``rows`` is an h5py dataset; a
+    slice, not a copy, when ``rows`` is already a tensor on ``device``)."""
+    if isinstance(rows, torch.Tensor):
+        return rows[start:stop].to(device)
     return torch.as_tensor(np.ascontiguousarray(rows[start:stop], dtype=np.float32), device=device)
 
 
@@ -303,19 +306,84 @@ def self_neighbours(
 
     The authors rely on self-similarity 1 putting the image first; an exact duplicate could displace it, so the
     image is placed first explicitly, followed by the k - 1 best other rows.  ``memory_bytes`` and ``tiles`` as
-    for :func:`search` (the results are the [N, k] ids).
+    for :func:`self_graph`, which computes them.
     Returns ids [N, k] int64.
     """
+    return self_graph(features, k, 0, memory_bytes, tiles, device).near_ids
+
+
+class SelfGraph(NamedTuple):
+    """Neighbour lists of every row among the rows themselves (:func:`self_graph`)."""
+
+    near_scores: np.ndarray  # [N, near] float32, descending after column 0 (the row itself: +inf)
+    near_ids: np.ndarray  # [N, near] int64, the row itself first, then its most similar other rows
+    far_scores: np.ndarray  # [N, far] float32, ascending
+    far_ids: np.ndarray  # [N, far] int64, the least similar rows first
+
+
+GRAPH_TILE_WIDTH = 1024  # graphs up to this width (near + far) are all tiled as one of this width
+
+
+def graph_tiles(n: int, dim: int, width: int, memory_bytes: int) -> tuple[int, int]:
+    """The tiles of :func:`self_graph` for N = ``n`` rows and ``width`` = near + far columns: the largest whose
+    working memory (that of a search of width max(``width``, ``GRAPH_TILE_WIDTH``)) fits in ``memory_bytes``, so
+    the same for every width up to ``GRAPH_TILE_WIDTH``; the lists themselves come on top of it."""
+    return tile_sizes(n, n, dim, max(width, GRAPH_TILE_WIDTH), memory_bytes, result_bytes=0)
+
+
+def self_graph(
+    features: Rows,
+    near: int,
+    far: int = 0,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    tiles: tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+) -> SelfGraph:
+    """For every row of ``features`` [N, D]: itself and its ``near`` - 1 most similar other rows, and its ``far``
+    least similar rows (what :func:`search` finds with the negated rows as queries), from one product per tile.
+
+    Order as :func:`search` (equal scores by the lower index); the row itself is placed first as in
+    :func:`self_neighbours`.  Every graph of width near + far <= ``GRAPH_TILE_WIDTH`` has the tiles of that
+    width, so its scores are the same products whatever its width, and a narrower graph is exactly the first
+    columns of a wider one: a method reading the first k columns of a graph built once for several methods ranks
+    as if it had built its own (csa_rerank.graph).  ``memory_bytes`` bounds the working memory of a tile
+    (:func:`graph_tiles`); the lists, 12 bytes an entry, come on top.  ``tiles`` as for :func:`search`.
+    """
     n = features.shape[0]
-    k = min(k, n)
-    tiles = tiles or tile_sizes(n, n, features.shape[1], k, memory_bytes, result_bytes=8)
-    neighbours = np.empty((n, k), dtype=np.int64)
-    for start, _, ids in _ranked_blocks(features, features, k, tiles, torch.device(device)):
-        rows = torch.arange(start, start + len(ids), device=ids.device)
-        self_ranked = ids == rows[:, None]  # [q, k], at most one True per row
-        # drop the row itself where it was ranked, else the last column: k - 1 others remain in every row
-        drop = self_ranked.clone()
-        drop[:, -1] |= ~self_ranked.any(dim=1)
-        neighbours[start : start + len(ids), 0] = rows.cpu().numpy()
-        neighbours[start : start + len(ids), 1:] = ids[~drop].view(len(ids), k - 1).cpu().numpy()
-    return neighbours
+    near, far = min(near, n), min(far, n)
+    query_rows, db_rows = tiles or graph_tiles(n, features.shape[1], near + far, memory_bytes)
+    graph = SelfGraph(
+        np.empty((n, near), np.float32), np.empty((n, near), np.int64), np.empty((n, far), np.float32),
+        np.empty((n, far), np.int64),
+    )  # fmt: skip
+    device = torch.device(device)
+    for start in range(0, n, query_rows):
+        block = _read(features, start, start + query_rows, device)
+        nearest = _RunningTopK(len(block), near, device)
+        farthest = _RunningTopK(len(block), far, device) if far else None
+        for first in range(0, n, db_rows):
+            scores = block @ _read(features, first, first + db_rows, device).T
+            nearest.add(scores, first)
+            if farthest:  # -(x·y) is exactly (-x)·y: the lists a search with the negated rows as queries finds
+                farthest.add(scores.neg_(), first)
+        rows = slice(start, start + len(block))
+        graph.near_scores[rows], graph.near_ids[rows] = (t.cpu().numpy() for t in self_first(*nearest.result(), start))
+        if farthest:
+            far_scores, graph.far_ids[rows] = (t.cpu().numpy() for t in farthest.result())
+            graph.far_scores[rows] = -far_scores
+    return graph
+
+
+def self_first(scores: torch.Tensor, ids: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k lists (scores, ids) [q, k] of rows ``start``, ``start + 1``, ... of a set among that set, each row
+    itself moved first (score +inf): dropped where ranked, else the last column dropped, so k - 1 others remain."""
+    rows = torch.arange(start, start + len(ids), device=ids.device)
+    self_ranked = ids == rows[:, None]  # [q, k], at most one True per row
+    drop = self_ranked.clone()
+    drop[:, -1] |= ~self_ranked.any(dim=1)
+    others = (len(ids), ids.shape[1] - 1)
+    first_scores = torch.full((len(ids), 1), torch.inf, device=scores.device)
+    return (
+        torch.cat([first_scores, scores[~drop].view(others)], dim=1),
+        torch.cat([rows[:, None], ids[~drop].view(others)], dim=1),
+    )

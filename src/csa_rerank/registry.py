@@ -102,6 +102,22 @@ CSA = "csa"  # the paper's own method, planned by the CSA rules (train, affinity
 
 
 @dataclass(frozen=True)
+class GraphUse:
+    """The columns of the database graph (:func:`csa_rerank.knn.self_graph`, rule db_graph) a method reads, each a
+    number or the name of one of its keyword parameters (``fit.<name>``: of its fit, i.e. of the model): ``near``
+    plus ``near_extra`` nearest rows, the row itself included, and ``far`` least similar rows."""
+
+    near: str | int
+    near_extra: int = 0
+    far: str | int = 0
+
+    def widths(self, params: dict) -> tuple[int, int]:
+        """(near, far) for the method's parameters ``params`` (defaults included, its fit's as ``fit.<name>``)."""
+        near, far = (params[value] if isinstance(value, str) else value for value in (self.near, self.far))
+        return near + self.near_extra, far
+
+
+@dataclass(frozen=True)
 class Method:
     label: str  # the row label of table 5 and the key under the config's `methods`
     slug: str  # in paths: <results>/knn/{testset}/{network}~{slug}.h5; never change a published one
@@ -110,6 +126,11 @@ class Method:
     needs_images: bool = False  # re-ranks with the images and the network, not only the descriptors
     in_paper: bool = True  # False: an extra row of table 5, marked "(not in the paper)"
     plus_ours: bool = False  # table 5 also has CSA re-ranking this method's lists ("GSS+Ours")
+    # reads the database's neighbour graph, built once per (test set, network) for every such method; its
+    # function then takes it as ``graph`` (and builds its own without it)
+    graph: GraphUse | None = None
+    # runs on the GPU when its job has one (rule rerank_method then requests one; its function takes ``device``)
+    gpu: bool = False
     kind: str = COMPARED
 
     @property
@@ -128,18 +149,30 @@ METHODS: tuple[Method, ...] = (
     Method("DQE", "dqe", "csa_rerank.methods.qe:dqe"),
     Method("αQE", "alphaqe", "csa_rerank.methods.qe:alpha_qe"),
     Method("LAttQE", "lattqe", "csa_rerank.methods.lattqe:rerank", fitted_by="lattqe"),
-    Method("ADBA + AQE", "adba-aqe", "csa_rerank.methods.dba:adba_aqe"),
-    Method("ADBAwD + AQEwD", "adbawd-aqewd", "csa_rerank.methods.dba:adbawd_aqewd"),
-    Method("DDBA + DQE", "ddba-dqe", "csa_rerank.methods.dba:ddba_dqe"),
-    Method("αDBA + αQE", "alphadba-alphaqe", "csa_rerank.methods.dba:alpha_dba_alpha_qe"),
+    Method("ADBA + AQE", "adba-aqe", "csa_rerank.methods.dba:adba_aqe", graph=GraphUse("n_dba", 1)),
+    Method("ADBAwD + AQEwD", "adbawd-aqewd", "csa_rerank.methods.dba:adbawd_aqewd", graph=GraphUse("n_dba", 1)),
+    Method("DDBA + DQE", "ddba-dqe", "csa_rerank.methods.dba:ddba_dqe", graph=GraphUse("n_dba", 1, "n_negatives")),
+    Method("αDBA + αQE", "alphadba-alphaqe", "csa_rerank.methods.dba:alpha_dba_alpha_qe", graph=GraphUse("n_dba", 1)),
     # LAttQE's model, fitted once, also re-ranks the database side (one fit_method job for both rows)
-    Method("LAttDBA + LAttQE", "lattdba-lattqe", "csa_rerank.methods.lattqe:rerank_dba", fitted_by="lattqe"),
-    Method("DSM", "dsm", "csa_rerank.methods.dsm:rerank", needs_images=True),
+    Method(
+        "LAttDBA + LAttQE",
+        "lattdba-lattqe",
+        "csa_rerank.methods.lattqe:rerank_dba",
+        fitted_by="lattqe",
+        graph=GraphUse("fit.k", 1),
+    ),
+    Method("DSM", "dsm", "csa_rerank.methods.dsm:rerank", needs_images=True, gpu=True),
     Method("CRL", "crl", "csa_rerank.methods.crl:rerank", fitted_by="crl"),
-    Method("GSS", "gss", "csa_rerank.methods.gss:rerank", plus_ours=True),
-    Method("DFS", "dfs", "csa_rerank.methods.diffusion:dfs", plus_ours=True),
+    Method("GSS", "gss", "csa_rerank.methods.gss:rerank", plus_ours=True, graph=GraphUse("k"), gpu=True),
+    Method("DFS", "dfs", "csa_rerank.methods.diffusion:dfs", plus_ours=True, graph=GraphUse("k")),
     Method("Ours", "csa", "csa_rerank.methods.csa:rerank", kind=CSA),
-    Method("k-reciprocal", "kreciprocal", "csa_rerank.methods.kreciprocal:k_reciprocal", in_paper=False),
+    Method(
+        "k-reciprocal",
+        "kreciprocal",
+        "csa_rerank.methods.kreciprocal:k_reciprocal",
+        in_paper=False,
+        graph=GraphUse("k1", 1, 1),
+    ),
     Method("SuperGlobal (refinement)", "superglobal", "csa_rerank.methods.superglobal:superglobal", in_paper=False),
 )
 

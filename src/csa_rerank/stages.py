@@ -236,8 +236,8 @@ def knn(
 def train_neighbours(features_file: str, out_path: str, k: int, memory_gb: float) -> None:
     """Top-k neighbour lists of every training image (itself first), for both splits.
 
-    Descriptors are read from the file a tile at a time and each split is written when done, so the search of
-    one split allocates at most ``memory_gb`` GiB, its [N, k] lists included.
+    Descriptors are read from the file a tile at a time and each split is written when done; the search of one
+    split allocates at most ``memory_gb`` GiB beside its [N, k] lists (:func:`csa_rerank.knn.graph_tiles`).
     """
     from .knn import self_neighbours
 

@@ -127,6 +127,10 @@ def method_label(wildcards):
     return plan.method_of_slug[wildcards.method]
 
 
+def method_gpus(wildcards):
+    return plan.method_gpus(wildcards.method)
+
+
 def method_settings(wildcards):
     return plan.method_settings(wildcards.method)
 

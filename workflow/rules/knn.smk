@@ -1,5 +1,6 @@
-# First-round rankings: whole-database rankings of the test queries, and top-k neighbour lists of the
-# training images (the image itself first).
+# First-round rankings: whole-database rankings of the test queries, top-k neighbour lists of the training
+# images (the image itself first), and the neighbour graph of each test database that the graph-reading compared
+# methods share (csa_rerank.graph; on the GPU when the job has one).
 
 
 rule knn:
@@ -43,3 +44,27 @@ rule train_neighbours:
         memory_gb=plan.config["knn"]["memory_gb"],
     script:
         "../scripts/train_neighbours.py"
+
+
+rule db_graph:
+    input:
+        unpack(descriptor_files),
+    output:
+        "<results>/graph/{testset}/{network}.h5",
+    log:
+        "<logs>/db_graph/{testset}/{network}.log",
+    benchmark:
+        "<benchmarks>/db_graph/{testset}/{network}.tsv"
+    wildcard_constraints:
+        network=alternatives(plan.networks),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        code=script_code("db_graph.py"),
+        widths=plan.graph_widths,
+        memory_gb=plan.config["knn"]["memory_gb"],
+    script:
+        "../scripts/db_graph.py"

@@ -46,6 +46,8 @@ rule rerank_method:
     conda:
         "../../envs/torch.yaml"
     threads: 2
+    resources:
+        gpu=method_gpus,  # GSS and DSM (csa_rerank.registry)
     params:
         code=method_code,
         method=method_label,

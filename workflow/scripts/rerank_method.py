@@ -12,7 +12,7 @@ if snakemake.params.dsm:
         "checkpoint": snakemake.input.get("checkpoint"),
         "body_checkpoint": snakemake.input.get("body_checkpoint"),
         "distractors": snakemake.input.get("distractor_list"),
-        "use_gpu": snakemake.resources.get("gpu", 0) > 0,
+        "use_gpu": snakemake.resources.get("gpu", 0) > 0,  # DSM's forward passes and matching
     }
 compare.rerank_method(
     method=snakemake.params.method,
@@ -23,4 +23,6 @@ compare.rerank_method(
     out_path=snakemake.output[0],
     weights_file=snakemake.input.get("weights"),
     images=images,
+    graph_file=snakemake.input.get("graph"),
+    use_gpu=snakemake.resources.get("gpu", 0) > 0,
 )

@@ -15,20 +15,6 @@ import torch
 SCORE_BLOCK_BYTES = 256 * 2**20  # bound on one block of full score rows in :func:`list_scores`
 
 
-class Negated:
-    """-x for a row source x of :mod:`csa_rerank.knn` (read slice by slice, never copied whole).
-
-    ``knn.search(Negated(x), db, k)`` lists, for every row of x, the k *least* similar database rows.
-    """
-
-    def __init__(self, rows):
-        self.rows = rows
-        self.shape = rows.shape
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        return -np.asarray(self.rows[rows], dtype=np.float32)
-
-
 def as_tensor(x: np.ndarray) -> torch.Tensor:
     """float32 CPU tensor sharing memory with ``x`` when it already is a contiguous float32 array."""
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

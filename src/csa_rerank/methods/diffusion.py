@@ -4,7 +4,7 @@ The authors' MATLAB code (github.com/ahmetius/diffusion-retrieval, ``run_test.m`
 step, with d_1 ... d_N the database (rows L2-normalised) and q the query:
 
 1. Offline graph (``knngraph.m``): ν(i) the k nearest neighbours of d_i, the item itself included
-   (:func:`csa_rerank.knn.self_neighbours`).  The affinity matrix keeps the mutual neighbours only::
+   (the database graph, :mod:`csa_rerank.graph`).  The affinity matrix keeps the mutual neighbours only::
 
        W_ij = max(d_i · d_j, 0)^γ   if j ∈ ν(i) and i ∈ ν(j) and i ≠ j,   else 0      (symmetric)
 
@@ -40,21 +40,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from csa_rerank import knn
+from csa_rerank import graph as db_graph
 from csa_rerank.methods._common import as_tensor
 
 BLOCK_ROWS = 4096  # graph rows processed at a time when checking mutuality
 QUERY_BLOCK = 64  # queries diffused together on a shared graph
 
 
-def mutual_knn_graph(db: np.ndarray, k: int = 50, gamma: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def mutual_knn_graph(db: np.ndarray, k: int = 50, gamma: float = 3.0, graph=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mutual kNN affinity graph of a database [N, D]: (neighbours [N, k] int64, weights [N, k] float32).
 
     ``weights[i, c]`` = max(d_i · d_j, 0)^γ for j = ``neighbours[i, c]`` when j ≠ i and i is among j's k
     neighbours, else 0.  The similarity is recomputed from the vectors, so W_ij = W_ji exactly.
     """
     db_t = as_tensor(db)
-    neighbours = torch.from_numpy(knn.self_neighbours(db, k))  # [N, k], row i starts with i
+    neighbours = torch.from_numpy(db_graph.columns(db, graph, k).near_ids)  # [N, k], row i starts with i
     weights = torch.empty(neighbours.shape)
     for start in range(0, len(neighbours), BLOCK_ROWS):
         block = neighbours[start : start + BLOCK_ROWS]  # [b, k]
@@ -116,13 +116,14 @@ def dfs(
     tol: float = 1e-6,
     maxiter: int = 20,
     truncate: int = 10_000,
+    graph=None,
 ) -> np.ndarray:
     """DFS re-ranking of the first ``truncate`` items of each list by diffusion scores.  [Q, N'] -> [Q, N'].
 
     Queries whose first ``truncate`` items are the same set (every query when the lists cover a database of at
     most ``truncate`` images) share one normalised graph and are solved ``QUERY_BLOCK`` at a time.
     """
-    neighbours, weights = mutual_knn_graph(db, k, gamma)
+    neighbours, weights = mutual_knn_graph(db, k, gamma, graph)
     query_t, db_t = as_tensor(query), as_tensor(db)
     ranks = np.asarray(ranks)
     heads = ranks[:, : min(truncate, ranks.shape[1])]  # [Q, T], the lists' truncated part

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csa_rerank.knn import self_neighbours
+from csa_rerank import graph as db_graph
 from csa_rerank.methods._common import list_scores
 from csa_rerank.rerank import rerank_topk
 
@@ -184,6 +184,8 @@ def fit_embeddings(
     weight_l2: float = 1e-5,
     loss_columns: int | None = None,
     seed: int = 0,
+    graph=None,
+    device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train the GCN on the database graph and embed queries and database (see the module docstring).
 
@@ -191,6 +193,8 @@ def fit_embeddings(
         query: [Q, D], db: [N, D] unit descriptors.
         query_neighbours: [Q, kq] database indices of each query's kq nearest images (best first).
         loss_columns: None = all N columns of the loss (the code); else that many random columns per epoch.
+        graph: the database's neighbour graph (csa_rerank.graph), else built here.
+        device: where the network is trained and applied ("cuda": the GPU); the graph is built on the CPU.
     Returns:
         query embeddings [Q, D], database embeddings [N, D] (unit rows, float32) and the loss of every epoch
         [epochs] (float64, the value before that epoch's update).
@@ -199,18 +203,20 @@ def fit_embeddings(
     db_t = torch.as_tensor(db, dtype=torch.float32)
     query_t = torch.as_tensor(query, dtype=torch.float32)
     n = len(db_t)
-    edges = graph_edges(db_t, torch.as_tensor(self_neighbours(db, k)), query_t, torch.as_tensor(query_neighbours))
+    db_neighbours = torch.as_tensor(db_graph.columns(db, graph, k).near_ids)
+    edges = graph_edges(db_t, db_neighbours, query_t, torch.as_tensor(query_neighbours))
     db_edges = edges[0] < n  # the first rows: database -> database
-    db_adjacency = normalised_adjacency(*(e[db_edges] for e in edges), n)
-    model = ResidualGCN(db_t.shape[1], layers, layer_decay, init_std, seed)
+    db_adjacency = normalised_adjacency(*(e[db_edges] for e in edges), n).to(device)
+    model = ResidualGCN(db_t.shape[1], layers, layer_decay, init_std, seed).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    db_t = db_t.to(device)
     with torch.no_grad():
         beta = _percentile(model(db_t, db_adjacency), beta_percentile, generator)
     losses = np.empty(epochs)
     for epoch in range(epochs):
         z = model(db_t, db_adjacency)
         columns = torch.arange(n) if loss_columns is None else torch.randperm(n, generator=generator)[:loss_columns]
-        separation, z_grad = _loss_and_gradient(z, columns, alpha, beta)
+        separation, z_grad = _loss_and_gradient(z, columns.to(device), alpha, beta)
         regulariser = weight_l2 * sum(w.pow(2).sum() for w in model.weights) / 2
         optimizer.zero_grad(set_to_none=True)
         z.backward(z_grad)
@@ -218,7 +224,8 @@ def fit_embeddings(
         optimizer.step()
         losses[epoch] = separation + regulariser.item()
     with torch.no_grad():
-        z = model(torch.cat([db_t, query_t]), normalised_adjacency(*edges, n + len(query_t)))
+        everything = torch.cat([db_t, query_t.to(device)])
+        z = model(everything, normalised_adjacency(*edges, n + len(query_t)).to(device)).cpu()
     return z[n:].numpy(), z[:n].numpy(), losses
 
 

@@ -20,7 +20,8 @@ Defaults k1 = 20, k2 = 6, λ = 0.3: Zhong et al.'s paper and code.
 
 Storage: U [M, D] (one copy of the queries and the database), V and its expansion as sparse CSR triplets, at
 most (k1 + 1)(⌊k1/2⌉ + 2) entries per row of V and k2 times that per expanded row; the neighbour lists come from
-:func:`csa_rerank.knn.self_neighbours` (tiled, memory-bounded) and the rest is done ``BLOCK_ROWS`` rows at a time.
+the database's neighbour graph (:mod:`csa_rerank.graph`) merged with the queries (:func:`universe_lists`) and
+the rest is done ``BLOCK_ROWS`` rows at a time.
 
 Shapes: query [Q, D], db [N, D] float32 L2-normalised; ranks [Q, N'] int64; returns [Q, N'].
 """
@@ -30,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from csa_rerank import graph as db_graph
 from csa_rerank import knn
-from csa_rerank.methods._common import Negated, as_tensor, list_scores, sort_list
+from csa_rerank.methods._common import as_tensor, list_scores, sort_list
 
 BLOCK_ROWS = 512  # rows of U processed at a time
 
@@ -118,14 +120,47 @@ def encoded_neighbourhoods(
     return _to_csr(*(torch.cat(part) for part in zip(*parts, strict=True)), len(sets), len(sets))
 
 
+def universe_lists(query: torch.Tensor, db: torch.Tensor, k: int, graph=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest items of every item of U = queries ∪ db, itself first ([M, k] int64, rows of U), and its
+    least similarity min_u p · u ([M] float64), from the database's graph and one [Q, M] product.
+
+    A database row's k - 1 nearest others in U are among its k - 1 nearest in the database and the Q queries;
+    merged by score, equal scores by the lower index of U, they are the lists of a search over U itself.
+    """
+    n_query = len(query)
+    universe = torch.cat([query, db])
+    strip = query @ universe.T  # [Q, M]: the queries' rows of U's scores against itself
+    ranked = torch.sort(strip, dim=1, descending=True, stable=True)  # equal scores: the lower index first
+    query_rows = knn.self_first(ranked.values[:, :k], ranked.indices[:, :k], 0)[1]  # [Q, k]
+    lists = db_graph.columns(db.numpy(), graph, k, 1)
+    to_queries = strip[:, n_query:].T  # [N, Q]: p · q for every database row p
+    db_ids = torch.from_numpy(lists.near_ids[:, 1:]) + n_query
+    candidates = torch.cat([torch.arange(n_query).expand(len(db), -1), db_ids], dim=1)  # [N, Q + k - 1]
+    candidate_scores = torch.cat([to_queries, torch.from_numpy(lists.near_scores[:, 1:])], dim=1)
+    by_index = torch.sort(candidates, dim=1, stable=True)
+    by_score = torch.sort(torch.gather(candidate_scores, 1, by_index.indices), dim=1, descending=True, stable=True)
+    db_rows = torch.gather(by_index.values, 1, by_score.indices)[:, : k - 1]
+    itself = torch.arange(n_query, len(universe))[:, None]
+    neighbours = torch.cat([query_rows, torch.cat([itself, db_rows], dim=1)])
+    lowest_db = torch.minimum(to_queries.min(dim=1).values, torch.from_numpy(lists.far_scores[:, 0]))
+    return neighbours, torch.cat([strip.min(dim=1).values, lowest_db]).double()
+
+
 def k_reciprocal(
-    query: np.ndarray, db: np.ndarray, ranks: np.ndarray, k1: int = 20, k2: int = 6, lambda_: float = 0.3
+    query: np.ndarray,
+    db: np.ndarray,
+    ranks: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_: float = 0.3,
+    graph=None,
 ) -> np.ndarray:
-    """k-reciprocal re-ranking of every list by the final distance d* (ascending).  [Q, N'] -> [Q, N']."""
+    """k-reciprocal re-ranking of every list by the final distance d* (ascending).  [Q, N'] -> [Q, N'].
+
+    ``graph``: the database's neighbour graph (csa_rerank.graph), else built here."""
     query_t, db_t = as_tensor(query), as_tensor(db)
     universe = torch.cat([query_t, db_t])  # [M, D]
-    neighbours = torch.from_numpy(knn.self_neighbours(universe.numpy(), k1 + 1))  # [M, k1 + 1]
-    lowest = -torch.from_numpy(knn.search(Negated(universe.numpy()), universe.numpy(), 1)[0][:, 0]).double()  # min p·u
+    neighbours, lowest = universe_lists(query_t, db_t, k1 + 1, graph)  # [M, k1 + 1], [M]: min p·u
     max_distance = 2.0 - 2.0 * lowest
     indptr, columns, values = encoded_neighbourhoods(universe, neighbours, k1, k2, max_distance)
     order = torch.sort(columns, stable=True).indices  # column-major view for the Jaccard sums

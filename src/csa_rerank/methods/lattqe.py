@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csa_rerank.knn import self_neighbours
+from csa_rerank import graph as db_graph
 from csa_rerank.methods._common import as_tensor, fitted_weights, list_scores, train_minibatches
 from csa_rerank.rerank import rerank_topk
 from csa_rerank.training import TrainingSamples
@@ -217,20 +217,23 @@ def augment_database(db: np.ndarray, weights: dict, batch_size: int = 256) -> np
 
 
 @torch.no_grad()
-def _augment(model: LAttQE, db: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """LAttDBA on db [N, D] -> [N, D], the tokens of ``batch_size`` rows gathered at a time."""
-    neighbours = torch.as_tensor(self_neighbours(db.numpy(), model.config.k + 1))  # [N, k + 1], the row first
+def _augment(model: LAttQE, db: torch.Tensor, batch_size: int, graph=None) -> torch.Tensor:
+    """LAttDBA on db [N, D] -> [N, D], the tokens of ``batch_size`` rows gathered at a time; ``graph``: the
+    database's neighbour graph (csa_rerank.graph), else built here."""
+    neighbours = torch.as_tensor(db_graph.columns(db.numpy(), graph, model.config.k + 1).near_ids)  # [N, k + 1]
     return torch.cat([model(db[neighbours[i : i + batch_size]]) for i in range(0, len(db), batch_size)])
 
 
-def rerank_dba(query: np.ndarray, db: np.ndarray, ranks: np.ndarray, weights: dict, batch_size: int = 256):
+def rerank_dba(
+    query: np.ndarray, db: np.ndarray, ranks: np.ndarray, weights: dict, batch_size: int = 256, graph=None
+) -> np.ndarray:
     """LAttDBA + LAttQE: augment the database, rank each list by the query's scores on the augmented rows, expand
     the query with its new top k (augmented descriptors) and sort the list by the expanded query's scores.
 
-    Args and returns as :func:`rerank`.
+    Args and returns as :func:`rerank`; ``graph``: the database's neighbour graph (csa_rerank.graph).
     """
     model = load(weights)
-    augmented = _augment(model, as_tensor(db), batch_size)
+    augmented = _augment(model, as_tensor(db), batch_size, graph)
     query, ranks = as_tensor(query), torch.as_tensor(ranks)
     dba_ranks = torch.as_tensor(rerank_topk(ranks.numpy(), list_scores(query, augmented, ranks).numpy()))
     return _expanded_ranking(model, query, augmented, dba_ranks, batch_size)

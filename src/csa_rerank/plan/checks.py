@@ -233,28 +233,52 @@ def check_reranker(reranker: dict) -> None:
 # method keywords, read from the methods' source: importing the methods would import torch into every dry run
 
 
-def _functions(module: str) -> tuple[dict[str, ast.FunctionDef], dict[str, set[str]]]:
-    """The module's top-level functions, and the annotated fields of its classes (dataclasses)."""
+REQUIRED = object()  # the default of a keyword that has none
+NOT_LITERAL = object()  # the default of a keyword whose default is an expression
+
+
+def _default(node: ast.expr | None) -> object:
+    if node is None:
+        return REQUIRED
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return NOT_LITERAL
+
+
+def _parameters(node: ast.FunctionDef) -> dict[str, object]:
+    """Keyword -> default of a function's named parameters."""
+    named = node.args.args
+    defaults = [None] * (len(named) - len(node.args.defaults)) + node.args.defaults
+    parameters = {arg.arg: _default(default) for arg, default in zip(named, defaults, strict=True)}
+    kwonly = zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)
+    return parameters | {arg.arg: _default(default) for arg, default in kwonly}
+
+
+def _functions(module: str) -> tuple[dict[str, ast.FunctionDef], dict[str, dict[str, object]]]:
+    """The module's top-level functions, and field -> default of its classes' annotated fields (dataclasses)."""
     tree = ast.parse(open(importlib.util.find_spec(module).origin, encoding="utf-8").read())
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     fields = {
-        node.name: {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+        node.name: {item.target.id: _default(item.value) for item in node.body if isinstance(item, ast.AnnAssign)}
         for node in tree.body
         if isinstance(node, ast.ClassDef)
     }
     return functions, fields
 
 
-def accepted_keywords(module: str, function: str) -> set[str] | None:
-    """The keywords ``module.function`` accepts, following its ``**kwargs`` into the functions and dataclasses of
-    the same module it passes them to; None when they go anywhere else (then any keyword may be valid)."""
+def keyword_defaults(module: str, function: str) -> dict[str, object] | None:
+    """Keyword -> default (:data:`REQUIRED`, :data:`NOT_LITERAL` or the value) of every keyword ``module.function``
+    accepts, following its ``**kwargs`` into the functions and dataclasses of the same module it passes them to
+    (where a keyword is both, the outer default counts); None when they go anywhere else."""
     functions, fields = _functions(module)
 
-    def keywords(name: str) -> set[str] | None:
+    def keywords(name: str) -> dict[str, object] | None:
         node = functions[name]
-        names = {arg.arg for arg in node.args.args + node.args.kwonlyargs}
+        own = _parameters(node)
         if node.args.kwarg is None:
-            return names
+            return own
+        forwarded: dict[str, object] = {}
         for call in ast.walk(node):
             forwards = isinstance(call, ast.Call) and any(
                 k.arg is None and isinstance(k.value, ast.Name) and k.value.id == node.args.kwarg.arg
@@ -266,10 +290,16 @@ def accepted_keywords(module: str, function: str) -> set[str] | None:
             further = keywords(callee) if callee in functions else fields.get(callee)
             if further is None:
                 return None
-            names |= further
-        return names
+            forwarded |= further
+        return forwarded | own
 
     return keywords(function)
+
+
+def accepted_keywords(module: str, function: str) -> set[str] | None:
+    """The keywords ``module.function`` accepts (:func:`keyword_defaults`); None when any may be valid."""
+    defaults = keyword_defaults(module, function)
+    return None if defaults is None else set(defaults)
 
 
 def _check_keywords(key: str, settings: dict, module: str, function: str) -> None:

@@ -70,6 +70,8 @@ class Plan:
         # Compared methods (rule rerank_method), config label -> parameters, and their names in paths.
         self.methods: dict[str, dict] = config.get("methods", {})
         self.method_of_slug = {registry.method(label).slug: label for label in self.methods}
+        # Columns of the database graph (rule db_graph) that the graph-reading methods read, at most
+        self.graph_widths = self._graph_widths()
         self.tables = list(tables.TABLES)
         # Descriptor files in the layout of the authors' code (csa_rerank.export): CSA's data folder -> dataset.
         self.export_layouts = {f"test/{t}": t for t in self.test_sets} | {"train": self.training_set}
@@ -240,6 +242,8 @@ class Plan:
         inputs = {**self.descriptor_files(testset, network), "knn": paths.knn(testset, network)}
         if entry.fitted_by:
             inputs["weights"] = f"<results>/methods/{entry.fitted_by}/{network}.pt"
+        if entry.graph:
+            inputs["graph"] = paths.graph(testset, network)
         if entry.needs_images:  # the images and the network, at re-ranking time
             data = self.raw_data(paths.base_testset(testset))
             inputs.update(images=data["images"], gnd=data["listing"])
@@ -251,6 +255,27 @@ class Plan:
                 distractors = self.raw_data(self.distractors)
                 inputs.update(distractor_images=distractors["images"], distractor_list=distractors["listing"])
         return inputs
+
+    def _graph_widths(self) -> tuple[int, int]:
+        """(near, far): the most columns of the database graph any configured method reads (its parameters over
+        its function's defaults, read from the source: :func:`.checks.keyword_defaults`)."""
+        near = far = 0
+        for label, settings in self.methods.items():
+            entry = registry.method(label)
+            if not entry.graph:
+                continue
+            params = checks.keyword_defaults(entry.module, entry.function.partition(":")[2]) or {}
+            params = params | {key: value for key, value in settings.items() if key != "fit"}
+            if entry.fitted_by:
+                fit = checks.keyword_defaults(f"csa_rerank.methods.{entry.fitted_by}", "fit") or {}
+                params |= {f"fit.{key}": value for key, value in (fit | self.fit_settings(entry.fitted_by)).items()}
+            method_near, method_far = entry.graph.widths(params)
+            near, far = max(near, method_near), max(far, method_far)
+        return near, far
+
+    def method_gpus(self, slug: str) -> int:
+        """GPUs a compared method's job requests: one for the methods that use it (registry ``gpu``)."""
+        return int(registry.method(self.method_of_slug[slug]).gpu)
 
     def method_settings(self, slug: str) -> dict:
         """The method's keyword parameters (config methods.<label>, without its training parameters)."""

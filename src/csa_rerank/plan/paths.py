@@ -23,6 +23,12 @@ def knn(testset: str, network: str) -> str:
     return f"<results>/knn/{testset}/{network}.h5"
 
 
+def graph(testset: str, network: str) -> str:
+    """The neighbour graph of a test set's database (with the distractors in a '+' set) that the graph-reading
+    compared methods share."""
+    return f"<results>/graph/{testset}/{network}.h5"
+
+
 def neighbours(network: str) -> str:
     return f"<results>/neighbours/{network}.h5"
 

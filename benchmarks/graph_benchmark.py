@@ -1,0 +1,215 @@
+"""Benchmark of the shared database graph: one graph for all graph-reading methods against each building its own.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/graph_benchmark.py --rows 200000            # hours on 2 cores
+    .venv/bin/python benchmarks/graph_benchmark.py --rows 200000 --method-rows 20000   # the graph at 200,000 rows,
+                                                                                        # the methods at 20,000
+    .venv/bin/python benchmarks/graph_benchmark.py --rows 1006000 --method-rows 0 --device cuda   # +R1M graph
+
+A synthetic database (seeded Gaussian rows, normalised, every tenth row a copy of the one before it: exact ties)
+and ``--queries`` queries are written to HDF5 files in a temporary folder.  Then, each in a fresh process (so its
+peak RSS, ``ru_maxrss``, is its own):
+
+1. the graph of the ``--rows`` database, as rule db_graph computes it (:func:`csa_rerank.graph.build`, read from
+   the file tile by tile on the CPU), at the widths the paper configuration's methods read
+   (:attr:`csa_rerank.plan.core.Plan.graph_widths` of config.yaml, unless ``--near``/``--far`` are given): time
+   and peak RSS;
+2. on a ``--method-rows`` database (the same by default; 0: skipped), every graph-reading method of the registry,
+   once given that database's graph and once building its own (the API's way, i.e. what each job did before the
+   graph was shared): the time of each call, and whether both rankings are identical.
+
+LAttDBA's model is fitted first (a small LAttQE on the database's own neighbour lists, its fit not timed); GSS
+runs ``--gss-epochs`` epochs with ``--gss-loss-columns`` sampled loss columns, as config.yaml asks for at +R1M
+scale.  Prints a Markdown report (``--out`` also writes it).  Methods run on the CPU unless ``--device cuda``
+(the graph then too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEED = 0
+
+
+def write_data(folder: Path, rows: int, queries: int, dim: int) -> None:
+    from csa_rerank import h5io
+
+    rng = np.random.default_rng(SEED)
+    db = rng.standard_normal((rows, dim), dtype=np.float32)
+    db[1::10] = db[0::10][: len(db[1::10])]
+    query = db[rng.choice(rows, queries, replace=False)] + 0.1 * rng.standard_normal((queries, dim), dtype=np.float32)
+    for array in (db, query):
+        array /= np.linalg.norm(array, axis=1, keepdims=True)
+    h5io.write_arrays(str(folder / "testset.h5"), {"db": db, "query": query})
+
+
+def paper_widths() -> tuple[int, int]:
+    import yaml
+
+    from csa_rerank.plan import Plan
+
+    return Plan(yaml.safe_load(Path("config.yaml").read_text())).graph_widths
+
+
+def run_graph(folder: Path, near: int, far: int, device: str) -> dict:
+    from csa_rerank import graph
+
+    started = time.perf_counter()
+    lists = graph.build(str(folder / "testset.h5"), None, near, far, memory_gb=4, device=device)
+    seconds = time.perf_counter() - started
+    graph.write(str(folder / "graph.h5"), lists)
+    return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_method(folder: Path, label: str, params: dict, shared: bool, device: str) -> dict:
+    import torch
+
+    from csa_rerank import graph, h5io, knn
+    from csa_rerank.methods import METHODS
+
+    query, db = h5io.read_array(folder / "testset.h5", "query"), h5io.read_array(folder / "testset.h5", "db")
+    _, ranks = knn.search(query, db, min(len(db), 1000))
+    kwargs = dict(params)
+    if label == "LAttDBA + LAttQE":
+        kwargs["weights"] = torch.load(folder / "lattqe.pt", weights_only=True)
+    if label == "GSS":
+        kwargs["device"] = device
+    if shared:
+        kwargs["graph"] = graph.read(str(folder / "graph.h5"))
+    started = time.perf_counter()
+    new_ranks = METHODS[label](query, db, ranks, **kwargs)
+    seconds = time.perf_counter() - started
+    np.save(folder / f"{label}-{'shared' if shared else 'own'}.npy".replace(" ", "_"), np.asarray(new_ranks))
+    return {"seconds": seconds}
+
+
+def fit_lattqe(folder: Path) -> dict:
+    import torch
+
+    from csa_rerank import h5io, knn
+    from csa_rerank.methods import lattqe
+
+    db = h5io.read_array(folder / "testset.h5", "db")
+    sample = np.random.default_rng(SEED).choice(len(db), min(len(db), 4000), replace=False)
+    neighbours = knn.self_neighbours(db[sample], 32)
+    weights = lattqe.fit(db[sample], neighbours, np.arange(len(sample)) // 10, K_train=32, epochs=1, width=32,
+                         layers=1, heads=2)  # fmt: skip
+    torch.save(weights, folder / "lattqe.pt")
+    return {}
+
+
+def in_subprocess(task: str, folder: Path, *args) -> dict:
+    """Run ``task`` of this script in a fresh interpreter; its JSON result."""
+    command = [sys.executable, __file__, "--task", task, "--folder", str(folder), "--args", json.dumps(args)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def methods(gss_epochs: int, gss_loss_columns: int) -> list[tuple[str, dict]]:
+    from csa_rerank import registry
+
+    settings = {"GSS": {"epochs": gss_epochs, "loss_columns": gss_loss_columns}}
+    return [(m.label, settings.get(m.label, {})) for m in registry.METHODS if m.graph]
+
+
+def report(args, widths, graph_result: dict, rows: list, method_rows: int, method_graph: dict | None) -> str:
+    lines = [
+        f"{platform.processor() or platform.machine()}, device {args.device}, torch's default threads; widths near "
+        f"{widths[0]} / far {widths[1]}; {args.queries} queries, D = {args.dim}.",
+        "",
+        f"Graph of {args.rows:,} rows (graph.build from the file): **{graph_result['seconds']:.1f} s**, peak RSS "
+        f"**{graph_result['peak_rss_gib']:.2f} GiB**.",
+    ]
+    if not rows:
+        return "\n".join(lines)
+    own_total = sum(own["seconds"] for _, _, own, _ in rows)
+    shared_total = sum(shared["seconds"] for _, shared, _, _ in rows)
+    lines += [
+        "",
+        f"Methods on {method_rows:,} rows (their graph: {method_graph['seconds']:.1f} s):",
+        "",
+        "| method | with the shared graph (s) | building its own (s) | rankings identical |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {label} | {shared['seconds']:.1f} | {own['seconds']:.1f} | {'yes' if same else 'NO'} |"
+              for label, shared, own, same in rows]  # fmt: skip
+    with_graph = shared_total + method_graph["seconds"]
+    lines += [
+        f"| **sum** | **{shared_total:.1f}** + graph {method_graph['seconds']:.1f} = **{with_graph:.1f}** | "
+        f"**{own_total:.1f}** | |",
+        "",
+        f"Shared graph: {own_total / with_graph:.2f}x less time in all (its graph included).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--queries", type=int, default=70)
+    parser.add_argument("--method-rows", type=int, help="database rows of the method comparison (default: --rows)")
+    parser.add_argument("--near", type=int, help="graph columns of nearest rows (default: config.yaml's)")
+    parser.add_argument("--far", type=int, help="graph columns of least similar rows (default: config.yaml's)")
+    parser.add_argument("--gss-epochs", type=int, default=2)
+    parser.add_argument("--gss-loss-columns", type=int, default=10_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.task:  # a measurement in this fresh process
+        task = {"graph": run_graph, "method": run_method, "fit": fit_lattqe}[args.task]
+        print(json.dumps(task(args.folder, *json.loads(args.args))))
+        return
+    default_near, default_far = paper_widths()
+    widths = (args.near or default_near, default_far if args.far is None else args.far)
+    method_rows = args.rows if args.method_rows is None else args.method_rows
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        write_data(folder, args.rows, args.queries, args.dim)
+        graph_result = in_subprocess("graph", folder, *widths, args.device)
+        print(f"graph of {args.rows:,} rows: {graph_result}", file=sys.stderr, flush=True)
+        rows = []
+        if method_rows:
+            if method_rows != args.rows:
+                write_data(folder, method_rows, args.queries, args.dim)
+                method_graph = in_subprocess("graph", folder, *widths, args.device)
+            else:
+                method_graph = graph_result
+            rows = compare_methods(folder, args)
+    text = report(args, widths, graph_result, rows, method_rows, method_graph if method_rows else None)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+def compare_methods(folder: Path, args) -> list[tuple[str, dict, dict, bool]]:
+    """Every graph-reading method with the graph in ``folder`` and building its own: times, identical rankings."""
+    in_subprocess("fit", folder)
+    rows = []
+    for label, params in methods(args.gss_epochs, args.gss_loss_columns):
+        shared = in_subprocess("method", folder, label, params, True, args.device)
+        own = in_subprocess("method", folder, label, params, False, args.device)
+        name = label.replace(" ", "_")
+        same = np.array_equal(np.load(folder / f"{name}-shared.npy"), np.load(folder / f"{name}-own.npy"))
+        rows.append((label, shared, own, same))
+        print(f"{label}: shared {shared['seconds']:.1f} s, own {own['seconds']:.1f} s, identical {same}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
