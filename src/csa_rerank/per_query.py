@@ -170,25 +170,20 @@ def gallery(
     qualitative.write_gallery(out_html, title, groups, entries)
 
 
-def write_method_table(before_file: str, after_file: str, gnd_file: str, out_csv: str) -> pd.DataFrame:
-    """The per-query CSV of one method on one evaluation set (:func:`method_table`)."""
-    names = datasets.load_ground_truth(gnd_file)["qimlist"]
-    table = method_table(read_evaluation(before_file), read_evaluation(after_file), names)
-    _write_csv(table, out_csv)  # full precision: the figure's selection can be checked from it
-    return table
-
-
 def write_analysis(
     before_file: str, after_files: dict[str, str], gnd_file: str, out: dict[str, str], title: str
 ) -> None:
-    """The per-query analysis of one evaluation set: a CSV per method (``after_files``: row slug -> (label,
-    evaluation file)) in the folder ``out["methods"]``, then the scatter plot (``out["scatter"]``) and the most
-    helped and hurt queries (``out["help_hurt"]``), both from the CSVs as written."""
+    """The per-query analysis of one evaluation set: a CSV per method (:func:`method_table`; ``after_files``: row
+    slug -> (label, evaluation file)) in the folder ``out["methods"]``, then the scatter plot (``out["scatter"]``)
+    and the most helped and hurt queries (``out["help_hurt"]``), both from the CSVs as written."""
+    names = datasets.load_ground_truth(gnd_file)["qimlist"]
+    before = read_evaluation(before_file)  # read once, compared with every method
     Path(out["methods"]).mkdir(parents=True, exist_ok=True)
     written = {}
     for slug, (label, after_file) in after_files.items():
         written[label] = Path(out["methods"]) / f"{slug}.csv"
-        write_method_table(before_file, after_file, gnd_file, str(written[label]))
+        # full precision: the figure's selection can be checked from it
+        _write_csv(method_table(before, read_evaluation(after_file), names), str(written[label]))
     tables = {label: pd.read_csv(path, dtype={"name": str}) for label, path in written.items()}
     scatter(tables, out["scatter"], title)
     _write_csv(help_hurt(tables), out["help_hurt"])

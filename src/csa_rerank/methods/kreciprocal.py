@@ -120,15 +120,15 @@ def encoded_neighbourhoods(
     return _to_csr(*(torch.cat(part) for part in zip(*parts, strict=True)), len(sets), len(sets))
 
 
-def universe_lists(query: torch.Tensor, db: torch.Tensor, k: int, graph=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest items of every item of U = queries ∪ db, itself first ([M, k] int64, rows of U), and its
-    least similarity min_u p · u ([M] float64), from the database's graph and one [Q, M] product.
+def universe_lists(universe: torch.Tensor, n_query: int, k: int, graph=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest items of every item of U = queries ∪ db ([M, D], the ``n_query`` queries first), itself first
+    ([M, k] int64, rows of U), and its least similarity min_u p · u ([M] float64), from the database's graph and
+    one [Q, M] product.
 
     A database row's k - 1 nearest others in U are among its k - 1 nearest in the database and the Q queries;
     merged by score, equal scores by the lower index of U, they are the lists of a search over U itself.
     """
-    n_query = len(query)
-    universe = torch.cat([query, db])
+    query, db = universe[:n_query], universe[n_query:]
     strip = query @ universe.T  # [Q, M]: the queries' rows of U's scores against itself
     ranked = torch.sort(strip, dim=1, descending=True, stable=True)  # equal scores: the lower index first
     query_rows = knn.self_first(ranked.values[:, :k], ranked.indices[:, :k], 0)[1]  # [Q, k]
@@ -160,7 +160,7 @@ def k_reciprocal(
     ``graph``: the database's neighbour graph (csa_rerank.graph), else built here."""
     query_t, db_t = as_tensor(query), as_tensor(db)
     universe = torch.cat([query_t, db_t])  # [M, D]
-    neighbours, lowest = universe_lists(query_t, db_t, k1 + 1, graph)  # [M, k1 + 1], [M]: min p·u
+    neighbours, lowest = universe_lists(universe, len(query_t), k1 + 1, graph)  # [M, k1 + 1], [M]: min p·u
     max_distance = 2.0 - 2.0 * lowest
     indptr, columns, values = encoded_neighbourhoods(universe, neighbours, k1, k2, max_distance)
     order = torch.sort(columns, stable=True).indices  # column-major view for the Jaccard sums
