@@ -8,8 +8,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/graph_benchmark.py --rows 1006000 --method-rows 0 --device cuda   # +R1M graph
 
 A synthetic database (seeded Gaussian rows, normalised, every tenth row a copy of the one before it: exact ties)
-and ``--queries`` queries are written to HDF5 files in a temporary folder.  Then, each in a fresh process (so its
-peak RSS, ``ru_maxrss``, is its own):
+and ``--queries`` queries are written to HDF5 files in a temporary folder, or in ``--workdir``.  Then, each in a
+fresh process (so its peak RSS, ``ru_maxrss``, is its own):
 
 1. the graph of the ``--rows`` database, as rule db_graph computes it (:func:`csa_rerank.graph.build`, read from
    the file tile by tile on the CPU), at the widths the paper configuration's methods read
@@ -23,11 +23,16 @@ LAttDBA's model is fitted first (a small LAttQE on the database's own neighbour 
 runs ``--gss-epochs`` epochs with ``--gss-loss-columns`` sampled loss columns, as config.yaml asks for at +R1M
 scale.  Prints a Markdown report (``--out`` also writes it).  Methods run on the CPU unless ``--device cuda``
 (the graph then too).
+
+With ``--workdir`` a run that is stopped can be resumed: the data, the graph, the rankings and every finished
+measurement stay there (``measurements.json``), and a rerun with the same arguments measures only what is missing.
+A workdir made with other data arguments is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -38,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from csa_rerank import atomic
 
 SEED = 0
 
@@ -68,11 +75,11 @@ def run_graph(folder: Path, near: int, far: int, device: str) -> dict:
     started = time.perf_counter()
     lists = graph.build(str(folder / "testset.h5"), None, near, far, memory_gb=4, device=device)
     seconds = time.perf_counter() - started
-    graph.write(str(folder / "graph.h5"), lists)
+    graph.write(str(folder / graph_name((near, far))), lists)
     return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def run_method(folder: Path, label: str, params: dict, shared: bool, device: str) -> dict:
+def run_method(folder: Path, label: str, params: dict, graph_file: str | None, device: str) -> dict:
     import torch
 
     from csa_rerank import graph, h5io, knn
@@ -85,12 +92,12 @@ def run_method(folder: Path, label: str, params: dict, shared: bool, device: str
         kwargs["weights"] = torch.load(folder / "lattqe.pt", weights_only=True)
     if label == "GSS":
         kwargs["device"] = device
-    if shared:
-        kwargs["graph"] = graph.read(str(folder / "graph.h5"))
+    if graph_file:
+        kwargs["graph"] = graph.read(str(folder / graph_file))
     started = time.perf_counter()
     new_ranks = METHODS[label](query, db, ranks, **kwargs)
     seconds = time.perf_counter() - started
-    np.save(folder / f"{label}-{'shared' if shared else 'own'}.npy".replace(" ", "_"), np.asarray(new_ranks))
+    np.save(folder / f"{label}-{'shared' if graph_file else 'own'}.npy".replace(" ", "_"), np.asarray(new_ranks))
     return {"seconds": seconds}
 
 
@@ -105,7 +112,8 @@ def fit_lattqe(folder: Path) -> dict:
     neighbours = knn.self_neighbours(db[sample], 32)
     weights = lattqe.fit(db[sample], neighbours, np.arange(len(sample)) // 10, K_train=32, epochs=1, width=32,
                          layers=1, heads=2)  # fmt: skip
-    torch.save(weights, folder / "lattqe.pt")
+    with atomic.atomic_path(folder / "lattqe.pt") as temporary:  # a run stopped here leaves no partial file
+        torch.save(weights, temporary)
     return {}
 
 
@@ -149,9 +157,51 @@ def report(args, widths, graph_result: dict, rows: list, method_rows: int, metho
         f"| **sum** | **{shared_total:.1f}** + graph {method_graph['seconds']:.1f} = **{with_graph:.1f}** | "
         f"**{own_total:.1f}** | |",
         "",
-        f"Shared graph: {own_total / with_graph:.2f}x less time in all (its graph included).",
+        f"Each method building its own graph takes {own_total / with_graph:.2f}x the time of all of them with the "
+        "shared one (its graph included).",
     ]
     return "\n".join(lines)
+
+
+class Measurements:
+    """The finished measurements of one data folder, in its ``measurements.json``, saved after each one."""
+
+    def __init__(self, folder: Path, data: dict):
+        self.file = folder / "measurements.json"
+        stored = json.loads(self.file.read_text()) if self.file.exists() else {"data": data, "results": {}}
+        if stored["data"] != data:
+            raise SystemExit(f"error: {folder} holds the data of {stored['data']}, not of {data}; give another "
+                             "--workdir or empty this one")  # fmt: skip
+        self.stored = stored
+
+    def get(self, key: str, measure) -> dict:
+        """The stored result of ``key``, or ``measure()``'s, stored first."""
+        results = self.stored["results"]
+        if key in results:
+            print(f"{key}: kept from an earlier run", file=sys.stderr, flush=True)
+        else:
+            results[key] = measure()
+            atomic.write_json(self.file, self.stored)
+        return results[key]
+
+
+def prepare(workdir: Path, rows: int, args) -> tuple[Path, Measurements]:
+    """The folder of the ``rows``-row data (written unless there) and its measurements."""
+    folder = workdir / f"rows-{rows}"
+    folder.mkdir(parents=True, exist_ok=True)
+    measurements = Measurements(folder, {"rows": rows, "queries": args.queries, "dim": args.dim, "seed": SEED})
+    if not (folder / "testset.h5").exists():
+        write_data(folder, rows, args.queries, args.dim)
+    return folder, measurements
+
+
+def graph_name(widths: tuple[int, int]) -> str:
+    return f"graph-{widths[0]}-{widths[1]}.h5"
+
+
+def measure_graph(folder: Path, measurements: Measurements, widths: tuple[int, int], device: str) -> dict:
+    key = f"graph near={widths[0]} far={widths[1]} device={device}"
+    return measurements.get(key, lambda: in_subprocess("graph", folder, *widths, device))
 
 
 def main() -> None:
@@ -165,6 +215,7 @@ def main() -> None:
     parser.add_argument("--gss-epochs", type=int, default=2)
     parser.add_argument("--gss-loss-columns", type=int, default=10_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", type=Path, help="keep data and measurements here, and resume from them")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -177,37 +228,42 @@ def main() -> None:
     default_near, default_far = paper_widths()
     widths = (args.near or default_near, default_far if args.far is None else args.far)
     method_rows = args.rows if args.method_rows is None else args.method_rows
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        write_data(folder, args.rows, args.queries, args.dim)
-        graph_result = in_subprocess("graph", folder, *widths, args.device)
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = args.workdir or Path(temporary)
+        folder, measurements = prepare(workdir, args.rows, args)
+        graph_result = measure_graph(folder, measurements, widths, args.device)
         print(f"graph of {args.rows:,} rows: {graph_result}", file=sys.stderr, flush=True)
-        rows = []
+        rows, method_graph = [], None
         if method_rows:
             if method_rows != args.rows:
-                write_data(folder, method_rows, args.queries, args.dim)
-                method_graph = in_subprocess("graph", folder, *widths, args.device)
+                folder, measurements = prepare(workdir, method_rows, args)
+                method_graph = measure_graph(folder, measurements, widths, args.device)
             else:
                 method_graph = graph_result
-            rows = compare_methods(folder, args)
-    text = report(args, widths, graph_result, rows, method_rows, method_graph if method_rows else None)
+            rows = compare_methods(folder, measurements, widths, args)
+    text = report(args, widths, graph_result, rows, method_rows, method_graph)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
 
 
-def compare_methods(folder: Path, args) -> list[tuple[str, dict, dict, bool]]:
+def compare_methods(folder: Path, measurements: Measurements, widths: tuple[int, int], args) -> list:
     """Every graph-reading method with the graph in ``folder`` and building its own: times, identical rankings."""
-    in_subprocess("fit", folder)
+    if not (folder / "lattqe.pt").exists():
+        in_subprocess("fit", folder)
     rows = []
     for label, params in methods(args.gss_epochs, args.gss_loss_columns):
-        shared = in_subprocess("method", folder, label, params, True, args.device)
-        own = in_subprocess("method", folder, label, params, False, args.device)
+        results = {}
+        for shared in (True, False):
+            graph_file = graph_name(widths) if shared else None
+            key = f"{label} {json.dumps(params, sort_keys=True)} graph={graph_file or 'own'} device={args.device}"
+            measure = functools.partial(in_subprocess, "method", folder, label, params, graph_file, args.device)
+            results[shared] = measurements.get(key, measure)
         name = label.replace(" ", "_")
         same = np.array_equal(np.load(folder / f"{name}-shared.npy"), np.load(folder / f"{name}-own.npy"))
-        rows.append((label, shared, own, same))
-        print(f"{label}: shared {shared['seconds']:.1f} s, own {own['seconds']:.1f} s, identical {same}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        rows.append((label, results[True], results[False], same))
+        print(f"{label}: shared {results[True]['seconds']:.1f} s, own {results[False]['seconds']:.1f} s, "
+              f"identical {same}", file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
