@@ -98,7 +98,7 @@ def run_method(folder: Path, label: str, params: dict, graph_file: str | None, d
     new_ranks = METHODS[label](query, db, ranks, **kwargs)
     seconds = time.perf_counter() - started
     np.save(folder / f"{label}-{'shared' if graph_file else 'own'}.npy".replace(" ", "_"), np.asarray(new_ranks))
-    return {"seconds": seconds}
+    return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def fit_lattqe(folder: Path) -> dict:
@@ -131,6 +131,11 @@ def methods(gss_epochs: int, gss_loss_columns: int) -> list[tuple[str, dict]]:
     return [(m.label, settings.get(m.label, {})) for m in registry.METHODS if m.graph]
 
 
+def rss(result: dict) -> str:
+    """Peak RSS in GiB, or "-" for a measurement kept from a version of this script that did not record it."""
+    return f"{result['peak_rss_gib']:.2f}" if "peak_rss_gib" in result else "-"
+
+
 def report(args, widths, graph_result: dict, rows: list, method_rows: int, method_graph: dict | None) -> str:
     lines = [
         f"{platform.processor() or platform.machine()}, device {args.device}, torch's default threads; widths near "
@@ -147,15 +152,16 @@ def report(args, widths, graph_result: dict, rows: list, method_rows: int, metho
         "",
         f"Methods on {method_rows:,} rows (their graph: {method_graph['seconds']:.1f} s):",
         "",
-        "| method | with the shared graph (s) | building its own (s) | rankings identical |",
-        "|---|---:|---:|---|",
+        "| method | with the shared graph (s) | building its own (s) | peak RSS shared / own (GiB) | rankings "
+        "identical |",
+        "|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {label} | {shared['seconds']:.1f} | {own['seconds']:.1f} | {'yes' if same else 'NO'} |"
-              for label, shared, own, same in rows]  # fmt: skip
+    lines += [f"| {label} | {shared['seconds']:.1f} | {own['seconds']:.1f} | {rss(shared)} / {rss(own)} | "
+              f"{'yes' if same else 'NO'} |" for label, shared, own, same in rows]  # fmt: skip
     with_graph = shared_total + method_graph["seconds"]
     lines += [
         f"| **sum** | **{shared_total:.1f}** + graph {method_graph['seconds']:.1f} = **{with_graph:.1f}** | "
-        f"**{own_total:.1f}** | |",
+        f"**{own_total:.1f}** | | |",
         "",
         f"Each method building its own graph takes {own_total / with_graph:.2f}x the time of all of them with the "
         "shared one (its graph included).",
