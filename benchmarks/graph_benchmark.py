@@ -17,9 +17,14 @@ fresh process (so its peak RSS, ``ru_maxrss``, is its own):
    and peak RSS;
 2. on a ``--method-rows`` database (the same by default; 0: skipped), every graph-reading method of the registry,
    once given that database's graph and once building its own (the API's way, i.e. what each job did before the
-   graph was shared): the time of each call, and whether both rankings are identical.
+   graph was shared): the time and peak RSS of each call, and whether both rankings are identical;
+3. on the same database, every method that reads descriptors but no graph (the query expansions, LAttQE, CRL,
+   SuperGlobal; not DSM, which reads images): the time and peak RSS of its call.  With those of 2, these are the
+   large-database figures that rule rerank_method's per-method memory and time limits derive from
+   (:mod:`csa_rerank.plan.resources`).
 
-LAttDBA's model is fitted first (a small LAttQE on the database's own neighbour lists, its fit not timed); GSS
+The learned methods' models are fitted first (small LAttQE and CRL models on the database's own neighbour lists,
+their fits not timed); GSS
 runs ``--gss-epochs`` epochs with ``--gss-loss-columns`` sampled loss columns, as config.yaml asks for at +R1M
 scale.  Prints a Markdown report (``--out`` also writes it).  Methods run on the CPU unless ``--device cuda``
 (the graph then too).
@@ -82,14 +87,14 @@ def run_graph(folder: Path, near: int, far: int, device: str) -> dict:
 def run_method(folder: Path, label: str, params: dict, graph_file: str | None, device: str) -> dict:
     import torch
 
-    from csa_rerank import graph, h5io, knn
+    from csa_rerank import graph, h5io, knn, registry
     from csa_rerank.methods import METHODS
 
     query, db = h5io.read_array(folder / "testset.h5", "query"), h5io.read_array(folder / "testset.h5", "db")
     _, ranks = knn.search(query, db, min(len(db), 1000))
     kwargs = dict(params)
-    if label == "LAttDBA + LAttQE":
-        kwargs["weights"] = torch.load(folder / "lattqe.pt", weights_only=True)
+    if fitted_by := registry.method(label).fitted_by:
+        kwargs["weights"] = torch.load(folder / f"{fitted_by}.pt", weights_only=True)
     if label == "GSS":
         kwargs["device"] = device
     if graph_file:
@@ -101,19 +106,24 @@ def run_method(folder: Path, label: str, params: dict, graph_file: str | None, d
     return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def fit_lattqe(folder: Path) -> dict:
+def fit_models(folder: Path) -> dict:
+    """The learned methods' models (LAttQE, CRL), small and fitted on the database's own neighbour lists."""
     import torch
 
     from csa_rerank import h5io, knn
-    from csa_rerank.methods import lattqe
+    from csa_rerank.methods import crl, lattqe
 
     db = h5io.read_array(folder / "testset.h5", "db")
     sample = np.random.default_rng(SEED).choice(len(db), min(len(db), 4000), replace=False)
-    neighbours = knn.self_neighbours(db[sample], 32)
-    weights = lattqe.fit(db[sample], neighbours, np.arange(len(sample)) // 10, K_train=32, epochs=1, width=32,
-                         layers=1, heads=2)  # fmt: skip
-    with atomic.atomic_path(folder / "lattqe.pt") as temporary:  # a run stopped here leaves no partial file
-        torch.save(weights, temporary)
+    neighbours = knn.self_neighbours(db[sample], 64)
+    clusters = np.arange(len(sample)) // 10
+    models = {
+        "lattqe": lattqe.fit(db[sample], neighbours, clusters, K_train=32, epochs=1, width=32, layers=1, heads=2),
+        "crl": crl.fit(db[sample], neighbours, clusters, epochs=1),
+    }
+    for name, weights in models.items():
+        with atomic.atomic_path(folder / f"{name}.pt") as temporary:  # a run stopped here leaves no partial file
+            torch.save(weights, temporary)
     return {}
 
 
@@ -129,6 +139,13 @@ def methods(gss_epochs: int, gss_loss_columns: int) -> list[tuple[str, dict]]:
 
     settings = {"GSS": {"epochs": gss_epochs, "loss_columns": gss_loss_columns}}
     return [(m.label, settings.get(m.label, {})) for m in registry.METHODS if m.graph]
+
+
+def graphless_methods() -> list[str]:
+    """The compared methods that read descriptors but no graph (DSM, which reads images, and CSA left out)."""
+    from csa_rerank import registry
+
+    return [m.label for m in registry.METHODS if not (m.graph or m.needs_images or m.kind == registry.CSA)]
 
 
 def rss(result: dict) -> str:
@@ -210,6 +227,17 @@ def measure_graph(folder: Path, measurements: Measurements, widths: tuple[int, i
     return measurements.get(key, lambda: in_subprocess("graph", folder, *widths, device))
 
 
+def report_graphless(rows: list[tuple[str, dict]], method_rows: int) -> str:
+    lines = [
+        "",
+        f"Methods that read no graph, on {method_rows:,} rows:",
+        "",
+        "| method | time (s) | peak RSS (GiB) |",
+        "|---|---:|---:|",
+    ]
+    return "\n".join(lines + [f"| {label} | {result['seconds']:.1f} | {rss(result)} |" for label, result in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -228,7 +256,7 @@ def main() -> None:
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:  # a measurement in this fresh process
-        task = {"graph": run_graph, "method": run_method, "fit": fit_lattqe}[args.task]
+        task = {"graph": run_graph, "method": run_method, "fit": fit_models}[args.task]
         print(json.dumps(task(args.folder, *json.loads(args.args))))
         return
     default_near, default_far = paper_widths()
@@ -247,7 +275,10 @@ def main() -> None:
             else:
                 method_graph = graph_result
             rows = compare_methods(folder, measurements, widths, args)
+            rows_graphless = measure_graphless(folder, measurements, args.device)
     text = report(args, widths, graph_result, rows, method_rows, method_graph)
+    if method_rows:
+        text += "\n" + report_graphless(rows_graphless, method_rows)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -255,7 +286,7 @@ def main() -> None:
 
 def compare_methods(folder: Path, measurements: Measurements, widths: tuple[int, int], args) -> list:
     """Every graph-reading method with the graph in ``folder`` and building its own: times, identical rankings."""
-    if not (folder / "lattqe.pt").exists():
+    if not (folder / "lattqe.pt").exists() or not (folder / "crl.pt").exists():
         in_subprocess("fit", folder)
     rows = []
     for label, params in methods(args.gss_epochs, args.gss_loss_columns):
@@ -270,6 +301,16 @@ def compare_methods(folder: Path, measurements: Measurements, widths: tuple[int,
         rows.append((label, results[True], results[False], same))
         print(f"{label}: shared {results[True]['seconds']:.1f} s, own {results[False]['seconds']:.1f} s, "
               f"identical {same}", file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def measure_graphless(folder: Path, measurements: Measurements, device: str) -> list[tuple[str, dict]]:
+    """Every method that reads no graph, once: the time and peak RSS of its call on this database."""
+    rows = []
+    for label in graphless_methods():
+        measure = functools.partial(in_subprocess, "method", folder, label, {}, None, device)
+        rows.append((label, measurements.get(f"{label} {{}} graph=none device={device}", measure)))
+        print(f"{label}: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
     return rows
 
 
