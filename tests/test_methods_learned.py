@@ -274,6 +274,44 @@ def test_dsm_verification_recovers_a_planted_translation_and_scale():
     assert dsm.verify(a, dsm.Regions(np.array([9]), np.zeros((1, 2)), np.eye(2)[None], np.ones(1))).inliers == 0
 
 
+def _hypotheses(a_regions, b_regions):
+    """Correspondences (a, b), hypotheses (matrices, translations) and centres (ca, cb), as dsm.verify forms them."""
+    a, b = np.nonzero(a_regions.word[:, None] == b_regions.word[None, :])
+    ca, cb = a_regions.centre[a], b_regions.centre[b]
+    matrices = dsm._sqrtm(b_regions.shape[b], 0.5) @ dsm._sqrtm(a_regions.shape[a], -0.5)
+    return a, b, matrices, cb - np.einsum("mij,mj->mi", matrices, ca), ca, cb
+
+
+def _numpy_best_hypothesis(a, b, matrices, translations, ca, cb, n_a, n_b, threshold):
+    """The hypothesis search as it was written in NumPy before it moved to torch (the reference): (index, inliers)."""
+    projected = np.einsum("hij,mj->hmi", matrices, ca) + translations[:, None]
+    rows, columns = np.nonzero(np.linalg.norm(projected - cb, axis=-1) <= threshold)
+    seen_a, seen_b = np.zeros((len(a), n_a), dtype=bool), np.zeros((len(a), n_b), dtype=bool)
+    seen_a[rows, a[columns]] = True
+    seen_b[rows, b[columns]] = True
+    counts = np.minimum(seen_a.sum(axis=1), seen_b.sum(axis=1))
+    return int(counts.argmax()), int(counts.max())
+
+
+def _grid_regions(rng, n, words, size):
+    """Features on integer cells with one- and two-cell shapes: many equal distances and tied counts."""
+    shape = np.repeat(np.eye(2)[None] / 12, n, axis=0) * rng.integers(1, 3, size=(n, 1, 1))
+    return dsm.Regions(rng.integers(0, words, n), rng.integers(0, size, (n, 2)).astype(float), shape, np.ones(n, int))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dsm_hypotheses_scored_in_torch_equal_the_numpy_definition(seed):
+    rng = np.random.default_rng(seed)
+    regions_a, regions_b = _grid_regions(rng, 120, 6, 12), _grid_regions(rng, 110, 6, 12)
+    a, b, matrices, translations, ca, cb = _hypotheses(regions_a, regions_b)
+    assert len(a) > dsm.HYPOTHESIS_BLOCK  # several blocks
+    sizes = (len(regions_a.word), len(regions_b.word), 1.0)
+    expected = _numpy_best_hypothesis(a, b, matrices, translations, ca, cb, *sizes)
+    on_device = [torch.as_tensor(x) for x in (matrices, translations, ca, cb, a, b)]
+    assert dsm._best_hypothesis(*on_device, *sizes) == expected
+    assert dsm.verify(regions_a, regions_b, 1.0).inliers >= expected[1]  # the refinement only keeps more
+
+
 def test_dsm_rerank_moves_the_spatially_consistent_image_up():
     layout = [(5, 5, 1.0), (15, 8, 1.0), (9, 16, 1.0)]
     query = np.stack([blobs(24, 24, [c]) for c in layout]).astype(np.float32)

@@ -28,6 +28,8 @@ largest area).
 Cost: the components of all levels are found together by label propagation over [channels, levels, h, w]
 (``CHUNK_CELLS`` at a time), O(iterations x C x levels x h w) per image, iterations ~ the longest component's
 diameter; on the device of the activations (seconds per ResNet image on one CPU core, milliseconds on a GPU).
+Matching scores every hypothesis of a pair against every correspondence, O(M^2) for M tentative correspondences,
+on the same device (:func:`verify`).
 
 Matching a query feature set a with a database feature set b::
 
@@ -239,19 +241,46 @@ def _sqrtm(spd: np.ndarray, power: float) -> np.ndarray:
     return (vectors * values[..., None, :] ** power) @ np.swapaxes(vectors, -1, -2)
 
 
-def _count(inlier: np.ndarray, a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+def _count(inlier: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_a: int, n_b: int) -> torch.Tensor:
     """Inlier counts of hypotheses: inlier [H, M] bool over correspondences (a[m], b[m]) -> [H] int,
     min(distinct a features, distinct b features) among each row's inliers."""
-    rows, columns = np.nonzero(inlier)
-    seen_a = np.zeros((len(inlier), n_a), dtype=bool)
-    seen_b = np.zeros((len(inlier), n_b), dtype=bool)
+    rows, columns = inlier.nonzero(as_tuple=True)
+    seen_a = torch.zeros((len(inlier), n_a), dtype=torch.bool, device=inlier.device)
+    seen_b = torch.zeros((len(inlier), n_b), dtype=torch.bool, device=inlier.device)
     seen_a[rows, a[columns]] = True
     seen_b[rows, b[columns]] = True
-    return np.minimum(seen_a.sum(axis=1), seen_b.sum(axis=1))
+    return torch.minimum(seen_a.sum(dim=1), seen_b.sum(dim=1))
 
 
-def verify(regions_a: Regions, regions_b: Regions, inlier_threshold: float = 1.0) -> Match:
+def _distances(matrices: torch.Tensor, translations: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """|| M_h c_a(m) + t_h - c_b(m) || for hypotheses (M [H, 2, 2], t [H, 2]) and correspondences (ca, cb
+    [M, 2]) -> [H, M], summed term by term in float64 (so the same on every device)."""
+    projected = (
+        matrices[:, None, :, 0] * ca[None, :, None, 0] + matrices[:, None, :, 1] * ca[None, :, None, 1]
+    ) + translations[:, None]  # [H, M, 2]
+    return (projected - cb).square().sum(dim=-1).sqrt()
+
+
+def _best_hypothesis(matrices, translations, ca, cb, a, b, n_a: int, n_b: int, threshold: float) -> tuple[int, int]:
+    """(index, inliers) of the hypothesis with the most inliers, the first of equals: every hypothesis scored
+    against every correspondence, ``HYPOTHESIS_BLOCK`` at a time (tensors on one device: the O(M^2) of matching)."""
+    best, best_inliers = 0, -1
+    for start in range(0, len(a), HYPOTHESIS_BLOCK):
+        block = slice(start, start + HYPOTHESIS_BLOCK)
+        counts = _count(_distances(matrices[block], translations[block], ca, cb) <= threshold, a, b, n_a, n_b)
+        top = int(counts.max())
+        if top > best_inliers:
+            best, best_inliers = start + int(counts.argmax()), top
+    return best, best_inliers
+
+
+def verify(
+    regions_a: Regions, regions_b: Regions, inlier_threshold: float = 1.0, device: str | torch.device = "cpu"
+) -> Match:
     """Spatial verification of two images' features (module docstring): the best affine map a -> b.
+
+    The hypotheses are scored on ``device``; the hypotheses themselves and the refinement (per correspondence or
+    once) on the CPU.
 
     Returns:
         a :class:`Match`; 0 inliers and the identity map when the images share no visual word.
@@ -264,13 +293,8 @@ def verify(regions_a: Regions, regions_b: Regions, inlier_threshold: float = 1.0
     matrices = _sqrtm(regions_b.shape[b], 0.5) @ _sqrtm(regions_a.shape[a], -0.5)  # [M, 2, 2]
     translations = cb - np.einsum("mij,mj->mi", matrices, ca)  # [M, 2]
     n_a, n_b = len(regions_a.word), len(regions_b.word)
-    best, best_inliers = 0, -1
-    for start in range(0, len(a), HYPOTHESIS_BLOCK):
-        block = slice(start, start + HYPOTHESIS_BLOCK)
-        projected = np.einsum("hij,mj->hmi", matrices[block], ca) + translations[block, None]  # [H, M, 2]
-        counts = _count(np.linalg.norm(projected - cb, axis=-1) <= inlier_threshold, a, b, n_a, n_b)
-        if counts.max() > best_inliers:
-            best, best_inliers = start + int(counts.argmax()), int(counts.max())
+    on_device = [torch.as_tensor(x, device=device) for x in (matrices, translations, ca, cb, a, b)]
+    best, best_inliers = _best_hypothesis(*on_device, n_a, n_b, inlier_threshold)
     match = Match(best_inliers, matrices[best], translations[best])
     inlier = np.linalg.norm(ca @ match.matrix.T + match.translation - cb, axis=1) <= inlier_threshold
     if inlier.sum() >= 3:  # local optimisation: least-squares affine map on the inliers
@@ -279,7 +303,7 @@ def verify(regions_a: Regions, regions_b: Regions, inlier_threshold: float = 1.0
         if rank == 3:
             matrix, translation = solution[:2].T, solution[2]
             refined = np.linalg.norm(ca @ matrix.T + translation - cb, axis=1) <= inlier_threshold
-            count = int(_count(refined[None], a, b, n_a, n_b)[0])
+            count = int(_count(torch.as_tensor(refined[None]), torch.as_tensor(a), torch.as_tensor(b), n_a, n_b)[0])
             if count > match.inliers:
                 match = Match(count, matrix, translation)
     return match
@@ -297,6 +321,7 @@ def rerank(
     db_regions: Sequence[Regions],
     top_n: int = 100,
     inlier_threshold: float = 1.0,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """DSM re-ranking: the top_n of every list sorted by inlier count (ties keep their order).
 
@@ -305,6 +330,7 @@ def rerank(
         ranks: [Q, N'] first-round rankings.
         query_regions: Q feature sets; db_regions: indexable by database index (a list of N, or a dict holding
             at least the images in the top_n of the lists).
+        device: where the hypotheses of each pair are scored (:func:`verify`).
     Returns:
         [Q, N'] re-ranked lists.
     """
@@ -312,7 +338,7 @@ def rerank(
     top = ranks[:, :top_n]
     scores = np.array(
         [
-            [verify(q, db_regions[i], inlier_threshold).inliers for i in row]
+            [verify(q, db_regions[i], inlier_threshold, device).inliers for i in row]
             for q, row in zip(query_regions, top, strict=True)
         ]
     ).reshape(top.shape)
@@ -368,4 +394,4 @@ def rerank_with_network(
         features(path, None if query_bbxs is None else query_bbxs[i]) for i, path in enumerate(image_paths_query)
     ]
     db_regions = {int(i): features(image_paths_db[i]) for i in np.unique(np.asarray(ranks)[:, :top_n])}
-    return rerank(None, None, ranks, query_regions, db_regions, top_n, inlier_threshold)
+    return rerank(None, None, ranks, query_regions, db_regions, top_n, inlier_threshold, device)
