@@ -274,8 +274,7 @@ def main() -> None:
                 method_graph = measure_graph(folder, measurements, widths, args.device)
             else:
                 method_graph = graph_result
-            rows = compare_methods(folder, measurements, widths, args)
-            rows_graphless = measure_graphless(folder, measurements, args.device)
+            rows, rows_graphless = compare_methods(folder, measurements, widths, args)
     text = report(args, widths, graph_result, rows, method_rows, method_graph)
     if method_rows:
         text += "\n" + report_graphless(rows_graphless, method_rows)
@@ -284,24 +283,31 @@ def main() -> None:
         args.out.write_text(text + "\n")
 
 
-def compare_methods(folder: Path, measurements: Measurements, widths: tuple[int, int], args) -> list:
-    """Every graph-reading method with the graph in ``folder`` and building its own: times, identical rankings."""
+def compare_methods(folder: Path, measurements: Measurements, widths: tuple[int, int], args) -> tuple[list, list]:
+    """Every graph-reading method with the graph in ``folder`` and building its own: times, identical rankings.
+
+    Every method with the shared graph first, then the methods that read no graph, then each graph-reading
+    method building its own graph (the hours of the run): a run stopped early has the figures of the first two.
+    """
     if not (folder / "lattqe.pt").exists() or not (folder / "crl.pt").exists():
         in_subprocess("fit", folder)
-    rows = []
-    for label, params in methods(args.gss_epochs, args.gss_loss_columns):
-        results = {}
-        for shared in (True, False):
+    results: dict[tuple[str, bool], dict] = {}
+    for shared in (True, False):
+        for label, params in methods(args.gss_epochs, args.gss_loss_columns):
             graph_file = graph_name(widths) if shared else None
             key = f"{label} {json.dumps(params, sort_keys=True)} graph={graph_file or 'own'} device={args.device}"
             measure = functools.partial(in_subprocess, "method", folder, label, params, graph_file, args.device)
-            results[shared] = measurements.get(key, measure)
+            results[label, shared] = measurements.get(key, measure)
+            print(f"{label}, {'shared' if shared else 'own'} graph: {results[label, shared]['seconds']:.1f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        if shared:
+            graphless = measure_graphless(folder, measurements, args.device)
+    rows = []
+    for label, _ in methods(args.gss_epochs, args.gss_loss_columns):
         name = label.replace(" ", "_")
         same = np.array_equal(np.load(folder / f"{name}-shared.npy"), np.load(folder / f"{name}-own.npy"))
-        rows.append((label, results[True], results[False], same))
-        print(f"{label}: shared {results[True]['seconds']:.1f} s, own {results[False]['seconds']:.1f} s, "
-              f"identical {same}", file=sys.stderr, flush=True)  # fmt: skip
-    return rows
+        rows.append((label, results[label, True], results[label, False], same))
+    return rows, graphless
 
 
 def measure_graphless(folder: Path, measurements: Measurements, device: str) -> list[tuple[str, dict]]:
