@@ -231,6 +231,14 @@ def test_graph_widths_are_the_most_any_configured_method_reads(plan):
     assert Plan(small(methods={"AQE": {}})).graph_widths == (0, 0)
 
 
+def test_method_job_limits_come_from_the_method_of_the_slug(plan):
+    from csa_rerank.plan import resources
+
+    assert plan.method_mem_mb("aqe", 0, 1) == resources.mem_mb("AQE", 0) == 2000
+    assert plan.method_runtime("kreciprocal", 9000, 2) == resources.runtime("k-reciprocal", 9000, 2)
+    assert plan.method_mem_mb("dsm", 10_000, 1) == 23_000
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # table and figure layouts
 

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from csa_rerank import safe_pickle
+from csa_rerank.plan import resources
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [
@@ -194,6 +195,17 @@ def _independent_map(ranks: np.ndarray, gnd: list[dict], protocol: str) -> float
     return 100 * float(np.mean(aps))
 
 
+def job_limits(dry_run: str, rule: str, workdir: Path) -> list[tuple[float, dict[str, str]]]:
+    """(MiB of input, as Snakemake's input.size_mb, and resources) of each job of ``rule`` in a dry run."""
+    limits = []
+    for block in re.findall(rf"^rule {rule}:((?:\n[ \t]+\S.*)+)", dry_run, flags=re.M):
+        inputs = re.search(r"^\s*input: (.*)$", block, flags=re.M).group(1).split(", ")
+        listed = re.search(r"^\s*resources: (.*)$", block, flags=re.M).group(1)
+        size = sum((workdir / path).stat().st_size for path in inputs) / 2**20
+        limits.append((size, dict(item.split("=", 1) for item in listed.split(", "))))
+    return limits
+
+
 @pytest.mark.e2e
 def test_end_to_end_tables_and_rerun_policy(tmp_path):
     result = snakemake(["--cores", "2", *CI_CONFIG], tmp_path)
@@ -297,6 +309,12 @@ def test_end_to_end_tables_and_rerun_policy(tmp_path):
     assert not {"extract", "extract_shard", "knn", "train", "train_neighbours", "fit_method"} & set(jobs), jobs
     reruns = re.findall(r"output: (\S+knn/\S+~\w+\.h5)", edited.stdout)
     assert reruns and all(path.endswith("~dfs.h5") for path in reruns), reruns
+    # their memory and time limits: DFS's for the size of each job's inputs (csa_rerank.plan.resources)
+    limits = job_limits(edited.stdout, "rerank_method", tmp_path)
+    assert len(limits) == 4, edited.stdout[-3000:]
+    for input_mb, job_resources in limits:
+        assert int(job_resources["mem_mb"]) == resources.mem_mb("DFS", input_mb), (input_mb, job_resources)
+        assert int(job_resources["runtime"]) == resources.runtime("DFS", input_mb), (input_mb, job_resources)
 
     # a re-ranker hyperparameter reruns training, re-ranking, evaluation and tables, not extraction/kNN/affinity
     overlay = tmp_path / "recon_weight.yaml"

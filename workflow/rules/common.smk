@@ -131,6 +131,14 @@ def method_gpus(wildcards):
     return plan.method_gpus(wildcards.method)
 
 
+def method_mem_mb(wildcards, input, attempt):
+    return plan.method_mem_mb(wildcards.method, input.size_mb, attempt)
+
+
+def method_runtime(wildcards, input, attempt):
+    return plan.method_runtime(wildcards.method, input.size_mb, attempt)
+
+
 def method_settings(wildcards):
     return plan.method_settings(wildcards.method)
 

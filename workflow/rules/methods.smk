@@ -48,6 +48,9 @@ rule rerank_method:
     threads: 2
     resources:
         gpu=method_gpus,  # GSS and DSM (csa_rerank.registry)
+        # per method, from the size of the job's inputs (csa_rerank.plan.resources)
+        mem_mb=method_mem_mb,
+        runtime=method_runtime,
     params:
         code=method_code,
         method=method_label,

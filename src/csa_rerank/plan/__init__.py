@@ -6,7 +6,8 @@
 - :mod:`.canonical`: the configuration with every mapping's keys sorted, so that no param depends on their order;
 - :mod:`.models`: the models to train and the figures' sweeps;
 - :mod:`.tables`, :mod:`.figures`: the layout of each paper table and figure;
-- :mod:`.paths`: the paths of the files the rules exchange (pathvars unresolved).
+- :mod:`.paths`: the paths of the files the rules exchange (pathvars unresolved);
+- :mod:`.resources`: the memory and time limit of each compared method's job.
 
 No Snakemake and no torch here: workflow/rules/common.smk builds the plan, the rules call it, tests/test_plan.py
 tests it without starting Snakemake.

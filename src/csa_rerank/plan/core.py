@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from csa_rerank import download, registry
 
-from . import analysis, checks, figures, models, paths, tables
+from . import analysis, checks, figures, models, paths, resources, tables
 from .canonical import canonical
 
 
@@ -276,6 +276,14 @@ class Plan:
     def method_gpus(self, slug: str) -> int:
         """GPUs a compared method's job requests: one for the methods that use it (registry ``gpu``)."""
         return int(registry.method(self.method_of_slug[slug]).gpu)
+
+    def method_mem_mb(self, slug: str, input_mb: float, attempt: int) -> int:
+        """Memory limit (MB) of a compared method's job on ``input_mb`` MB of input (:mod:`.resources`)."""
+        return resources.mem_mb(self.method_of_slug[slug], input_mb, attempt)
+
+    def method_runtime(self, slug: str, input_mb: float, attempt: int) -> int:
+        """Time limit (minutes) of a compared method's job on ``input_mb`` MB of input (:mod:`.resources`)."""
+        return resources.runtime(self.method_of_slug[slug], input_mb, attempt)
 
     def method_settings(self, slug: str) -> dict:
         """The method's keyword parameters (config methods.<label>, without its training parameters)."""
