@@ -77,7 +77,7 @@ SMALL: dict[str, Measured] = {
     "SuperGlobal (refinement)": Measured(1010, 4.3, 0.9),
 }
 
-# ``benchmarks/graph_benchmark.py --rows 200000 --workdir ...`` (f5afee7, 2-core Zen 4, 2026-12-06 10:56-11:48):
+# ``benchmarks/graph_benchmark.py --rows 200000 --workdir ...`` (44b7b54, 2-core Zen 4, 2026-12-06 10:56-11:48):
 # the method's call on 200,000 × 2048 float32 descriptors and 70 queries (the test-set file, 1,563 MiB), the
 # graph-reading methods given the shared graph (near 50 / far 50 columns: 153 MiB more), GSS 2 epochs of 10,000
 # loss columns; peak RSS of the process (data loaded), seconds of the call.  DSM is not measured (module docstring).
