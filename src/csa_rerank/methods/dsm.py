@@ -279,8 +279,8 @@ def verify(
 ) -> Match:
     """Spatial verification of two images' features (module docstring): the best affine map a -> b.
 
-    The hypotheses are scored on ``device``; the hypotheses themselves and the refinement (per correspondence or
-    once) on the CPU.
+    Every hypothesis is scored against every correspondence on ``device`` (the O(M^2) part); forming the
+    hypotheses (one per correspondence) and the refinement (once) stay on the CPU.
 
     Returns:
         a :class:`Match`; 0 inliers and the identity map when the images share no visual word.
